@@ -1,0 +1,66 @@
+"""Event records: what callers append and what the log gives back.
+
+Events are immutable. A stored event carries its payload both parsed (for folds) and as
+the exact JSON text that was committed, so SSE can send the bytes that were stored without
+re-encoding them, and a replayed stream is byte-for-byte what a live client saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+"""Version of the payload schemas; bumped (with an upcaster) if an event's shape changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event not yet in the log."""
+
+    type: str
+    data: dict[str, Any]
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as committed: position in the log, position in its stream, payload."""
+
+    sequence: int
+    stream_id: str
+    version: int
+    type: str
+    data_json: str
+    created_at: float
+    run_id: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    _data: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The payload, parsed once on demand (events read back from disk start unparsed)."""
+        if self._data is None:
+            object.__setattr__(self, "_data", json.loads(self.data_json))
+        assert self._data is not None
+        return self._data
+
+    def as_public(self) -> dict[str, Any]:
+        """The shape of our `/events` debugging endpoints."""
+        return {
+            "object": "thread.event",
+            "sequence": self.sequence,
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "type": self.type,
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "schema_version": self.schema_version,
+            "data": self.data,
+        }
+
+
+def encode(data: dict[str, Any]) -> str:
+    """Canonical JSON for payloads: compact, and stable so replays compare equal."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)

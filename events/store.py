@@ -1,0 +1,456 @@
+"""The event store: an append-only log in SQLite with group commit and live subscriptions.
+
+One writer task owns every write. Appends queue up while a transaction is being
+committed and then share the next one (group commit), so throughput does not collapse to
+one fsync per event. Each append checks its stream's expected version (optimistic
+concurrency) against the writer's own record of stream heads, which is authoritative
+because no one else writes. A projector, if given, folds the events into its views inside
+the same transaction, so a view is never behind an acknowledged event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiosqlite
+
+from events.records import SCHEMA_VERSION, NewEvent, StoredEvent, encode
+
+__all__ = ["ConcurrencyError", "EventStore", "Projector", "SYNCHRONOUS_MODES"]
+
+SYNCHRONOUS_MODES = ("NORMAL", "FULL")
+"""WAL + NORMAL survives a crash of the process (kill -9); FULL also survives power loss."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    sequence       INTEGER PRIMARY KEY,  -- global order of the log; also SQLite's rowid
+    stream_id      TEXT    NOT NULL,     -- thread, assistant, file or vector store id
+    version        INTEGER NOT NULL,     -- position within the stream, from 1
+    type           TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data           TEXT    NOT NULL,     -- JSON payload exactly as sent to clients
+    created_at     REAL    NOT NULL,     -- unix seconds, ms precision
+    run_id         TEXT
+);
+-- Optimistic concurrency backstop and "read one stream in order" (rowid rides along).
+CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream_id, version);
+-- SSE resume: "the run's events after sequence N".
+CREATE INDEX IF NOT EXISTS events_run ON events (run_id, sequence) WHERE run_id IS NOT NULL;
+"""
+
+_COLUMNS = "sequence, stream_id, version, type, data, created_at, run_id, schema_version"
+_INSERT = (
+    "INSERT INTO events (sequence, stream_id, version, type, data, created_at, run_id, "
+    "schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class ConcurrencyError(Exception):
+    """The stream moved on since the caller read it; re-read and decide again."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(f"stream {stream_id} is at version {actual}, expected {expected}")
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class Projector(Protocol):
+    """Folds events into views inside the append transaction."""
+
+    schema: str
+    """DDL for the projector's tables, run at open."""
+
+    async def position(self, conn: aiosqlite.Connection) -> int:
+        """Sequence of the last event the stored views reflect."""
+
+    async def stage(self, conn: aiosqlite.Connection, events: Sequence[StoredEvent]) -> None:
+        """Fold one append's events into the pending change set; raise to reject the append."""
+
+    async def flush(self, conn: aiosqlite.Connection, position: int) -> None:
+        """Write the pending change set and the position, inside the open transaction."""
+
+    def commit(self) -> None:
+        """The transaction committed: pending changes become the known state."""
+
+    def rollback(self) -> None:
+        """The transaction failed: forget pending changes and anything cached from them."""
+
+
+@dataclass(eq=False)
+class _Append:
+    stream_id: str
+    events: Sequence[NewEvent]
+    expected_version: int | None
+    future: asyncio.Future[list[StoredEvent]]
+
+
+@dataclass(eq=False)
+class _Subscription:
+    stream_id: str | None
+    run_id: str | None
+    queue: asyncio.Queue[StoredEvent] = field(default_factory=lambda: asyncio.Queue(10_000))
+    overflowed: bool = False
+
+    def push(self, event: StoredEvent) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True  # the reader falls back to the log and catches up
+
+
+class EventStore:
+    """The log. `open()` before use, `close()` after; one instance per process."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "NORMAL",
+        projector: Projector | None = None,
+        max_batch: int = 2048,
+    ) -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
+        self.path = path
+        self.synchronous = synchronous
+        self.projector = projector
+        self._max_batch = max_batch
+        self._writer_conn: aiosqlite.Connection | None = None
+        self._reader_conn: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._versions: dict[str, int] = {}
+        self._head = 0
+        self._subs_all: set[_Subscription] = set()
+        self._subs_by_stream: dict[str, set[_Subscription]] = {}
+        self._subs_by_run: dict[str, set[_Subscription]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer_conn = await open_connection(self.path, self.synchronous)
+        await self._writer_conn.executescript(_SCHEMA)
+        self._reader_conn = await open_connection(self.path, self.synchronous)
+        async with self._writer_conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM events") as cur:
+            row = await cur.fetchone()
+        self._head = int(row[0]) if row else 0
+        if self.projector is not None:
+            await self._writer_conn.executescript(self.projector.schema)
+            await self._catch_up(self.projector)
+        self._writer_task = asyncio.create_task(self._run_writer(), name="event-store-writer")
+
+    async def _catch_up(self, projector: Projector) -> None:
+        """Fold events the views have not seen (a projection added or rebuilt since)."""
+        conn = self._writer_conn
+        assert conn is not None
+        position = await projector.position(conn)
+        while position < self._head:
+            events = await self.read(after=position, limit=10_000, conn=conn)
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await projector.stage(conn, events)
+                position = events[-1].sequence
+                await projector.flush(conn, position)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                projector.rollback()
+                raise
+            projector.commit()
+
+    async def close(self) -> None:
+        if self._writer_task is not None:
+            await self._queue.put(None)
+            await self._writer_task
+            self._writer_task = None
+        for conn in (self._reader_conn, self._writer_conn):
+            if conn is not None:
+                await conn.close()
+        self._reader_conn = self._writer_conn = None
+
+    @property
+    def head(self) -> int:
+        """Sequence of the last committed event (0 for an empty log)."""
+        return self._head
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """A connection for reads; WAL lets it run beside the writer's transactions."""
+        assert self._reader_conn is not None, "store is not open"
+        return self._reader_conn
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+    ) -> list[StoredEvent]:
+        """Append events to one stream atomically; returns them once committed.
+
+        `expected_version` is the stream version the caller based its decision on (0 for
+        a new stream); None appends at the head whatever it is.
+        """
+        if not events:
+            return []
+        if self._writer_task is None:
+            raise RuntimeError("event store is not open")
+        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Append(stream_id, events, expected_version, future))
+        return await future
+
+    async def stream_version(self, stream_id: str) -> int:
+        """The stream's committed version: what to pass as `expected_version`."""
+        cached = self._versions.get(stream_id)
+        if cached is not None:
+            return cached
+        async with self.reader.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _run_writer(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                await self._commit_batch(batch)
+            except Exception as exc:  # never let one bad batch kill the writer
+                for req in batch:
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+
+    async def _commit_batch(self, batch: list[_Append]) -> None:
+        conn = self._writer_conn
+        assert conn is not None
+        now = round(time.time(), 3)
+        sequence = self._head
+        pending: dict[str, int] = {}
+        accepted: list[tuple[_Append, list[StoredEvent]]] = []
+        for req in batch:
+            if req.future.done():
+                continue
+            current = pending.get(req.stream_id)
+            if current is None:
+                current = await self._committed_version(conn, req.stream_id)
+            if req.expected_version is not None and req.expected_version != current:
+                req.future.set_exception(ConcurrencyError(req.stream_id, req.expected_version, current))
+                continue
+            stored = [
+                StoredEvent(
+                    sequence=sequence + i,
+                    stream_id=req.stream_id,
+                    version=current + i,
+                    type=event.type,
+                    data_json=encode(event.data),
+                    created_at=now,
+                    run_id=event.run_id,
+                    _data=event.data,
+                )
+                for i, event in enumerate(req.events, start=1)
+            ]
+            if self.projector is not None:
+                try:
+                    await self.projector.stage(conn, stored)
+                except Exception as exc:
+                    req.future.set_exception(exc)
+                    continue
+            sequence += len(stored)
+            pending[req.stream_id] = current + len(stored)
+            accepted.append((req, stored))
+        if not accepted:
+            return
+        rows = [
+            (e.sequence, e.stream_id, e.version, e.type, e.data_json, e.created_at, e.run_id, SCHEMA_VERSION)
+            for _, stored in accepted
+            for e in stored
+        ]
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            await conn.executemany(_INSERT, rows)
+            if self.projector is not None:
+                await self.projector.flush(conn, sequence)
+            await conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            if self.projector is not None:
+                self.projector.rollback()
+            for req, _ in accepted:
+                if not req.future.done():
+                    req.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+            raise
+        self._versions.update(pending)
+        self._head = sequence
+        if self.projector is not None:
+            self.projector.commit()
+        for req, stored in accepted:
+            if not req.future.done():
+                req.future.set_result(stored)
+        for _, stored in accepted:
+            for event in stored:
+                self._publish(event)
+
+    async def _committed_version(self, conn: aiosqlite.Connection, stream_id: str) -> int:
+        cached = self._versions.get(stream_id)
+        if cached is not None:
+            return cached
+        async with conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        self._versions[stream_id] = version
+        return version
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read(
+        self,
+        *,
+        after: int = 0,
+        stream_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 1000,
+        conn: aiosqlite.Connection | None = None,
+    ) -> list[StoredEvent]:
+        """Committed events with sequence > `after`, oldest first, optionally of one stream or run."""
+        if run_id is not None:
+            sql = f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
+            args: tuple[object, ...] = (run_id, after, limit)
+        elif stream_id is not None:
+            sql = (
+                f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND sequence > ? "
+                "ORDER BY stream_id, version LIMIT ?"
+            )
+            args = (stream_id, after, limit)
+        else:
+            sql = f"SELECT {_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?"
+            args = (after, limit)
+        async with (conn or self.reader).execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        return [_row_to_event(row) for row in rows]
+
+    async def subscribe(
+        self,
+        *,
+        after: int = 0,
+        stream_id: str | None = None,
+        run_id: str | None = None,
+    ) -> AsyncIterator[StoredEvent]:
+        """Events after `after` from the log, then live ones as they commit, without gaps.
+
+        The subscription registers before it reads the backlog, so an event committed
+        while the backlog is read is seen either there or in the live queue; duplicates
+        are dropped by sequence.
+        """
+        sub = _Subscription(stream_id=stream_id, run_id=run_id)
+        self._register(sub)
+        last = after
+        try:
+            while True:
+                if sub.overflowed:
+                    _drain(sub.queue)
+                    sub.overflowed = False
+                backlog = await self.read(after=last, stream_id=stream_id, run_id=run_id, limit=1000)
+                for event in backlog:
+                    last = event.sequence
+                    yield event
+                if len(backlog) == 1000:
+                    continue
+                while not sub.overflowed:
+                    event = await sub.queue.get()
+                    if event.sequence <= last:
+                        continue
+                    last = event.sequence
+                    yield event
+        finally:
+            self._unregister(sub)
+
+    def _register(self, sub: _Subscription) -> None:
+        if sub.run_id is not None:
+            self._subs_by_run.setdefault(sub.run_id, set()).add(sub)
+        elif sub.stream_id is not None:
+            self._subs_by_stream.setdefault(sub.stream_id, set()).add(sub)
+        else:
+            self._subs_all.add(sub)
+
+    def _unregister(self, sub: _Subscription) -> None:
+        if sub.run_id is not None:
+            _discard(self._subs_by_run, sub.run_id, sub)
+        elif sub.stream_id is not None:
+            _discard(self._subs_by_stream, sub.stream_id, sub)
+        else:
+            self._subs_all.discard(sub)
+
+    def _publish(self, event: StoredEvent) -> None:
+        for sub in self._subs_all:
+            sub.push(event)
+        for sub in self._subs_by_stream.get(event.stream_id, ()):
+            sub.push(event)
+        if event.run_id is not None:
+            for sub in self._subs_by_run.get(event.run_id, ()):
+                sub.push(event)
+
+
+async def open_connection(path: Path, synchronous: str = "NORMAL") -> aiosqlite.Connection:
+    """A connection in WAL mode with explicit transactions (we issue BEGIN/COMMIT ourselves)."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute(f"PRAGMA synchronous={synchronous}")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _row_to_event(row: Sequence[object]) -> StoredEvent:
+    sequence, stream_id, version, type_, data, created_at, run_id, schema_version = row
+    return StoredEvent(
+        sequence=int(sequence),  # type: ignore[call-overload]
+        stream_id=str(stream_id),
+        version=int(version),  # type: ignore[call-overload]
+        type=str(type_),
+        data_json=str(data),
+        created_at=float(created_at),  # type: ignore[arg-type]
+        run_id=None if run_id is None else str(run_id),
+        schema_version=int(schema_version),  # type: ignore[call-overload]
+    )
+
+
+def _drain(queue: asyncio.Queue[StoredEvent]) -> None:
+    while True:
+        try:
+            queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return
+
+
+def _discard(index: dict[str, set[_Subscription]], key: str, sub: _Subscription) -> None:
+    subs = index.get(key)
+    if subs is not None:
+        subs.discard(sub)
+        if not subs:
+            del index[key]

@@ -1,0 +1,17 @@
+"""Read models folded from the event log."""
+
+from projections.assistants import ASSISTANTS
+from projections.base import Projection, ViewProjector
+from projections.messages import MESSAGES
+from projections.runs import RUNS, STEPS
+from projections.threads import THREADS
+
+ALL_PROJECTIONS: tuple[Projection, ...] = (ASSISTANTS, THREADS, MESSAGES, RUNS, STEPS)
+
+
+def build_projector() -> ViewProjector:
+    """The projector over every view the API reads."""
+    return ViewProjector(ALL_PROJECTIONS)
+
+
+__all__ = ["ALL_PROJECTIONS", "Projection", "ViewProjector", "build_projector"]

@@ -1,0 +1,192 @@
+"""Projections: pure folds from events to view documents, applied in the append transaction.
+
+A projection names the kind of view it keeps and, per event type, a fold
+`(current doc or None, event) -> new doc or None (deleted)`. Folds are pure and never
+mutate their inputs (documents in the cache are shared), so the same log always folds to
+the same views: that is what `threadlog replay --verify` checks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from events.records import StoredEvent
+
+__all__ = ["Doc", "Fold", "Projection", "View", "ViewKey", "ViewProjector", "VIEWS_SCHEMA", "POSITION_NAME"]
+
+Doc = dict[str, Any]
+Fold = Callable[[Doc | None, StoredEvent], Doc | None]
+
+POSITION_NAME = "views"
+
+VIEWS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS views (
+    kind      TEXT    NOT NULL,  -- assistant, thread, message, run, step, file, ...
+    id        TEXT    NOT NULL,
+    parent_id TEXT,              -- the thread of a message or run, the run of a step, ...
+    run_id    TEXT,              -- the run that made a message or step
+    ordinal   INTEGER NOT NULL,  -- sequence of the event that created it: list order
+    doc       TEXT    NOT NULL,  -- the object exactly as the API returns it
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+-- Every list endpoint: one kind under one parent, in creation order, from a cursor.
+CREATE INDEX IF NOT EXISTS views_list ON views (kind, parent_id, ordinal);
+CREATE TABLE IF NOT EXISTS projection_position (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL    -- sequence of the last event folded into the views
+);
+"""
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One kind of view and the folds that keep it."""
+
+    kind: str
+    folds: Mapping[str, Fold]
+    parent_field: str | None = None
+    run_field: str | None = None
+    key: Callable[[Mapping[str, Any]], str] = field(default=lambda data: str(data["id"]))
+
+    def meta(self, doc: Doc) -> tuple[str | None, str | None]:
+        parent = doc.get(self.parent_field) if self.parent_field else None
+        run = doc.get(self.run_field) if self.run_field else None
+        return parent, run
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    doc: Doc
+    ordinal: int
+
+
+ViewKey = tuple[str, str]
+
+
+class ViewProjector:
+    """Keeps the `views` table in step with the log (implements events.Projector)."""
+
+    def __init__(self, projections: Iterable[Projection], cache_size: int = 50_000) -> None:
+        self._by_kind: dict[str, Projection] = {}
+        self._handlers: dict[str, list[tuple[Projection, Fold]]] = {}
+        for projection in projections:
+            self._by_kind[projection.kind] = projection
+            for event_type, fold in projection.folds.items():
+                self._handlers.setdefault(event_type, []).append((projection, fold))
+        self._cache: OrderedDict[ViewKey, View | None] = OrderedDict()
+        self._cache_size = cache_size
+        self._pending: dict[ViewKey, View | None] = {}
+
+    schema = VIEWS_SCHEMA
+
+    def handles(self, event_type: str) -> bool:
+        return event_type in self._handlers
+
+    async def position(self, conn: aiosqlite.Connection) -> int:
+        return await read_position(conn)
+
+    def event_types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def keys_for(self, event: StoredEvent) -> list[ViewKey]:
+        return [(projection.kind, projection.key(event.data)) for projection, _ in self._handlers.get(event.type, ())]
+
+    def fold_event(
+        self,
+        event: StoredEvent,
+        into: MutableMapping[ViewKey, View | None],
+        lookup: Callable[[ViewKey], View | None],
+    ) -> None:
+        """Fold one event into `into`; `lookup` gives the current view of a key."""
+        for projection, fold in self._handlers.get(event.type, ()):
+            key = (projection.kind, projection.key(event.data))
+            current = into[key] if key in into else lookup(key)
+            doc = fold(current.doc if current else None, event)
+            into[key] = None if doc is None else View(doc, current.ordinal if current else event.sequence)
+
+    async def stage(self, conn: aiosqlite.Connection, events: Sequence[StoredEvent]) -> None:
+        loaded: dict[ViewKey, View | None] = {}
+        for event in events:
+            for key in self.keys_for(event):
+                if key not in self._pending and key not in loaded:
+                    loaded[key] = await self._load(conn, key)
+
+        def lookup(key: ViewKey) -> View | None:
+            return self._pending[key] if key in self._pending else loaded.get(key)
+
+        overlay: dict[ViewKey, View | None] = {}
+        for event in events:
+            self.fold_event(event, overlay, lookup)
+        self._pending.update(overlay)
+
+    async def flush(self, conn: aiosqlite.Connection, position: int) -> None:
+        await self.write_views(conn, self._pending)
+        await write_position(conn, position)
+
+    async def write_views(self, conn: aiosqlite.Connection, views: Mapping[ViewKey, View | None]) -> None:
+        """Upsert or delete view rows (inside the caller's transaction)."""
+        upserts = []
+        deletes = []
+        for (kind, view_id), view in views.items():
+            if view is None:
+                deletes.append((kind, view_id))
+            else:
+                parent, run = self._by_kind[kind].meta(view.doc)
+                upserts.append((kind, view_id, parent, run, view.ordinal, json.dumps(view.doc, ensure_ascii=False)))
+        if upserts:
+            await conn.executemany(
+                "INSERT INTO views (kind, id, parent_id, run_id, ordinal, doc) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (kind, id) DO UPDATE SET parent_id = excluded.parent_id, "
+                "run_id = excluded.run_id, doc = excluded.doc",
+                upserts,
+            )
+        if deletes:
+            await conn.executemany("DELETE FROM views WHERE kind = ? AND id = ?", deletes)
+
+    def commit(self) -> None:
+        for key, view in self._pending.items():
+            self._cache[key] = view
+            self._cache.move_to_end(key)
+        self._pending.clear()
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def rollback(self) -> None:
+        self._pending.clear()
+        self._cache.clear()
+
+    async def _load(self, conn: aiosqlite.Connection, key: ViewKey) -> View | None:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        async with conn.execute("SELECT doc, ordinal FROM views WHERE kind = ? AND id = ?", key) as cur:
+            row = await cur.fetchone()
+        view = None if row is None else View(json.loads(row[0]), int(row[1]))
+        self._cache[key] = view
+        return view
+
+
+async def ensure_schema(conn: aiosqlite.Connection) -> None:
+    await conn.executescript(VIEWS_SCHEMA)
+
+
+async def read_position(conn: aiosqlite.Connection) -> int:
+    async with conn.execute(
+        "SELECT position FROM projection_position WHERE name = ?", (POSITION_NAME,)
+    ) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def write_position(conn: aiosqlite.Connection, position: int) -> None:
+    await conn.execute(
+        "INSERT INTO projection_position (name, position) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        (POSITION_NAME, position),
+    )

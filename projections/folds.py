@@ -1,0 +1,22 @@
+"""The three folds most views need: take a snapshot, merge a patch, delete."""
+
+from __future__ import annotations
+
+from events.records import StoredEvent
+from projections.base import Doc
+
+
+def snapshot(doc: Doc | None, event: StoredEvent) -> Doc | None:
+    """The event carries the whole object (created, status changes)."""
+    return dict(event.data)
+
+
+def patch(doc: Doc | None, event: StoredEvent) -> Doc | None:
+    """The event carries changed fields; an update of a missing object changes nothing."""
+    if doc is None:
+        return None
+    return {**doc, **{k: v for k, v in event.data.items() if k != "id"}}
+
+
+def delete(doc: Doc | None, event: StoredEvent) -> Doc | None:
+    return None

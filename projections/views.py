@@ -1,0 +1,122 @@
+"""Reading views: what every GET and list endpoint goes through (never the raw log)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiosqlite
+
+from projections.base import Doc
+
+__all__ = ["Page", "ViewReader", "UnknownCursor"]
+
+
+class UnknownCursor(LookupError):
+    """An `after`/`before` id that names no object of the listed kind."""
+
+    def __init__(self, param: str, value: str) -> None:
+        super().__init__(f"No object with id '{value}' to page from.")
+        self.param = param
+        self.value = value
+
+
+@dataclass(frozen=True)
+class Page:
+    data: list[Doc]
+    has_more: bool
+
+    def envelope(self) -> dict[str, Any]:
+        """OpenAI's list envelope; the SDK pages with `after=last_id` while `has_more`."""
+        return {
+            "object": "list",
+            "data": self.data,
+            "first_id": self.data[0]["id"] if self.data else None,
+            "last_id": self.data[-1]["id"] if self.data else None,
+            "has_more": self.has_more,
+        }
+
+
+class ViewReader:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def get(self, kind: str, view_id: str) -> Doc | None:
+        async with self._conn.execute("SELECT doc FROM views WHERE kind = ? AND id = ?", (kind, view_id)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else json.loads(row[0])
+
+    async def list(
+        self,
+        kind: str,
+        *,
+        parent_id: str | None = None,
+        run_id: str | None = None,
+        limit: int = 20,
+        order: Literal["asc", "desc"] = "desc",
+        after: str | None = None,
+        before: str | None = None,
+        status: str | None = None,
+    ) -> Page:
+        """One page of a kind under a parent, in creation order, OpenAI cursor semantics.
+
+        `after` gives the items that follow the cursor in the requested order; `before`
+        the ones that precede it, nearest first, returned in the requested order.
+        """
+        where = ["kind = ?", "parent_id IS ?"]
+        args: list[Any] = [kind, parent_id]
+        if run_id is not None:
+            where.append("run_id = ?")
+            args.append(run_id)
+        if status is not None:
+            where.append("json_extract(doc, '$.status') = ?")
+            args.append(status)
+        ascending = order == "asc"
+        if after is not None:
+            ordinal = await self._ordinal(kind, after, "after")
+            where.append("ordinal > ?" if ascending else "ordinal < ?")
+            args.append(ordinal)
+        if before is not None:
+            ordinal = await self._ordinal(kind, before, "before")
+            where.append("ordinal < ?" if ascending else "ordinal > ?")
+            args.append(ordinal)
+        # Paging backwards from `before` walks the other way and flips the page back.
+        walk_ascending = ascending if before is None or after is not None else not ascending
+        direction = "ASC" if walk_ascending else "DESC"
+        sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal {direction} LIMIT ?"
+        async with self._conn.execute(sql, (*args, limit + 1)) as cur:
+            rows = await cur.fetchall()
+        docs = [json.loads(row[0]) for row in rows[:limit]]
+        if walk_ascending != ascending:
+            docs.reverse()
+        return Page(docs, has_more=len(rows) > limit)
+
+    async def _ordinal(self, kind: str, view_id: str, param: str) -> int:
+        async with self._conn.execute("SELECT ordinal FROM views WHERE kind = ? AND id = ?", (kind, view_id)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise UnknownCursor(param, view_id)
+        return int(row[0])
+
+    async def exists(self, kind: str, view_id: str) -> bool:
+        async with self._conn.execute("SELECT 1 FROM views WHERE kind = ? AND id = ?", (kind, view_id)) as cur:
+            return await cur.fetchone() is not None
+
+    async def find(self, kind: str, parent_id: str | None, statuses: tuple[str, ...]) -> list[Doc]:
+        """Views of a kind under a parent whose status is one of `statuses` (e.g. active runs)."""
+        marks = ",".join("?" for _ in statuses)
+        sql = (
+            "SELECT doc FROM views WHERE kind = ? AND parent_id IS ? "
+            f"AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
+        )
+        async with self._conn.execute(sql, (kind, parent_id, *statuses)) as cur:
+            rows = await cur.fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    async def all_of_kind(self, kind: str, statuses: tuple[str, ...]) -> list[Doc]:
+        marks = ",".join("?" for _ in statuses)
+        sql = f"SELECT doc FROM views WHERE kind = ? AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
+        async with self._conn.execute(sql, (kind, *statuses)) as cur:
+            rows = await cur.fetchall()
+        return [json.loads(row[0]) for row in rows]

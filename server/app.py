@@ -1,0 +1,87 @@
+"""The ASGI application: routes, error envelope, auth, and the lifespan that opens the log."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from events.store import EventStore
+from projections import build_projector
+from projections.views import UnknownCursor, ViewReader
+from server.auth import BearerKeyMiddleware
+from server.config import Settings
+from server.errors import APIError, error_response, exception_handlers
+from server.routes import assistants, messages, threads
+from server.services import Services
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("threadlog")
+
+
+async def healthz(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    return JSONResponse({"status": "ok", "head": svc.store.head})
+
+
+async def _unknown_cursor(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UnknownCursor)
+    return error_response(APIError(400, str(exc), param=exc.param))
+
+
+def _routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
+    for module in (assistants, threads, messages):
+        routes.extend(module.routes)
+    return routes
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The server over `settings.data_dir`; the data dir is locked while it runs."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock_data_dir(settings)
+        store = EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=build_projector())
+        await store.open()
+        svc = Services(settings=settings, store=store, views=ViewReader(store.reader))
+        app.state.services = svc
+        try:
+            yield
+        finally:
+            await store.close()
+            lock.close()
+
+    handlers: dict[Any, Any] = {**exception_handlers, UnknownCursor: _unknown_cursor}
+    return Starlette(
+        routes=_routes(),
+        middleware=[Middleware(BearerKeyMiddleware, keys=settings.api_keys)],
+        exception_handlers=handlers,
+        lifespan=lifespan,
+    )
+
+
+def _lock_data_dir(settings: Settings) -> Any:
+    """One server per data dir: a second one would break the single-writer guarantee."""
+    handle = open(settings.data_dir / "threadlog.lock", "a+")  # noqa: SIM115 - held for the server's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise RuntimeError(f"Another Threadlog server is using {settings.data_dir}") from exc
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

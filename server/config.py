@@ -1,0 +1,93 @@
+"""Settings: command-line flags over environment variables over embedded defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from events.store import SYNCHRONOUS_MODES
+
+__all__ = ["Settings", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; shown at start, before anything binds."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./threadlog-data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: frozenset[str] = frozenset()
+    sqlite_synchronous: str = "NORMAL"
+    providers_file: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    run_expiry_s: int = 600
+    max_file_bytes: int = 512 * 1024 * 1024
+    code_wall_time_s: float = 60.0
+    allow_unsandboxed_code: bool = False
+    lancedb_uri: str | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "threadlog.sqlite"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def sandbox_dir(self) -> Path:
+        return self.data_dir / "sandboxes"
+
+    @property
+    def vector_uri(self) -> str:
+        return self.lancedb_uri or str(self.data_dir / "lancedb")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = dict(os.environ if env is None else env)
+        keys = frozenset(k.strip() for k in env.get("THREADLOG_API_KEYS", "").split(",") if k.strip())
+        values: dict[str, object] = {
+            "data_dir": Path(env.get("THREADLOG_DATA_DIR", "./threadlog-data")),
+            "host": env.get("THREADLOG_HOST", "127.0.0.1"),
+            "port": int(env.get("THREADLOG_PORT", "8000")),
+            "api_keys": keys,
+            "sqlite_synchronous": env.get("THREADLOG_SQLITE_SYNCHRONOUS", "NORMAL").upper(),
+            "providers_file": Path(env["THREADLOG_PROVIDERS_FILE"]) if env.get("THREADLOG_PROVIDERS_FILE") else None,
+            "env": env,
+            "run_expiry_s": int(env.get("THREADLOG_RUN_EXPIRY_SECONDS", "600")),
+            "max_file_bytes": int(env.get("THREADLOG_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
+            "code_wall_time_s": float(env.get("THREADLOG_CODE_TIMEOUT_SECONDS", "60")),
+            "allow_unsandboxed_code": env.get("THREADLOG_ALLOW_UNSANDBOXED_CODE", "") in ("1", "true", "yes"),
+            "lancedb_uri": env.get("THREADLOG_LANCEDB_URI") or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.sqlite_synchronous not in SYNCHRONOUS_MODES:
+            raise ConfigError(
+                f"THREADLOG_SQLITE_SYNCHRONOUS must be one of {', '.join(SYNCHRONOUS_MODES)}, "
+                f"not {self.sqlite_synchronous!r}"
+            )
+        if not self.api_keys and not is_loopback(self.host):
+            raise ConfigError(
+                f"Refusing to listen on {self.host} without API keys: anyone who can reach it could use "
+                "your model providers. Set THREADLOG_API_KEYS=key1,key2 or bind to 127.0.0.1."
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,1 @@
+"""Pydantic models of request bodies, field for field with OpenAI's spec."""

@@ -1,0 +1,36 @@
+"""What a request handler can reach: the log, the views, and the run machinery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from events.store import EventStore
+from projections.views import ViewReader
+from server.config import Settings
+from server.errors import not_found
+
+if TYPE_CHECKING:
+    from server.runs.manager import RunManager
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: EventStore
+    views: ViewReader
+    runs: RunManager | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def get_or_404(self, kind: str, object_id: str, label: str | None = None) -> dict[str, Any]:
+        doc = await self.views.get(kind, object_id)
+        if doc is None:
+            raise not_found(label or kind, object_id)
+        return doc
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

@@ -1,0 +1,30 @@
+"""Fixtures: a real server process, the real openai SDK pointed at it, a real fake upstream."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from tests.serverproc import ServerProcess
+
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="openai")
+warnings.filterwarnings("ignore", message=".*Assistants API is deprecated.*")
+warnings.filterwarnings("ignore", message="deprecated")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(data_dir=tmp_path / "data").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> OpenAI:
+    return OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0, timeout=30)
