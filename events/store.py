@@ -21,7 +21,7 @@ import aiosqlite
 
 from events.records import SCHEMA_VERSION, NewEvent, StoredEvent, encode
 
-__all__ = ["ConcurrencyError", "EventStore", "Projector", "SYNCHRONOUS_MODES"]
+__all__ = ["SYNCHRONOUS_MODES", "ConcurrencyError", "EventStore", "Projector"]
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 """WAL + NORMAL survives a crash of the process (kill -9); FULL also survives power loss."""

@@ -3,10 +3,10 @@
 from projections.assistants import ASSISTANTS
 from projections.base import Projection, ViewProjector
 from projections.messages import MESSAGES
-from projections.runs import RUNS, STEPS
+from projections.runs import RUNS, STEP_USAGE, STEPS, TOOL_OUTPUTS
 from projections.threads import THREADS
 
-ALL_PROJECTIONS: tuple[Projection, ...] = (ASSISTANTS, THREADS, MESSAGES, RUNS, STEPS)
+ALL_PROJECTIONS: tuple[Projection, ...] = (ASSISTANTS, THREADS, MESSAGES, RUNS, STEP_USAGE, STEPS, TOOL_OUTPUTS, STEP_USAGE)
 
 
 def build_projector() -> ViewProjector:

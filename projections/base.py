@@ -18,7 +18,7 @@ import aiosqlite
 
 from events.records import StoredEvent
 
-__all__ = ["Doc", "Fold", "Projection", "View", "ViewKey", "ViewProjector", "VIEWS_SCHEMA", "POSITION_NAME"]
+__all__ = ["POSITION_NAME", "VIEWS_SCHEMA", "Doc", "Fold", "Projection", "View", "ViewKey", "ViewProjector"]
 
 Doc = dict[str, Any]
 Fold = Callable[[Doc | None, StoredEvent], Doc | None]

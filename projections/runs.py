@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from events.records import StoredEvent
@@ -56,6 +57,8 @@ def merge_delta(current: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any
             merged[key] = old + value
         elif isinstance(value, dict) and isinstance(old, dict):
             merged[key] = merge_delta(old, value)
+        elif isinstance(value, dict):
+            merged[key] = merge_delta({}, value)  # never alias the event's own dicts
         elif isinstance(value, list) and isinstance(old, list):
             items = list(old)
             for item in value:
@@ -66,8 +69,10 @@ def merge_delta(current: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any
                         items.append({})
                     items[position] = merge_delta(items[position], body)
                 else:
-                    items.append(item)
+                    items.append(copy.deepcopy(item))
             merged[key] = items
+        elif isinstance(value, list):
+            merged[key] = merge_delta({"_": []}, {"_": value})["_"]
         else:
             merged[key] = value
     return merged
@@ -85,3 +90,18 @@ STEPS = Projection(
     parent_field="run_id",
     run_field="run_id",
 )
+
+TOOL_OUTPUTS = Projection(
+    kind="tool_output",
+    folds={"threadlog.tool_call.output": snapshot},
+    parent_field="run_id",
+    run_field="run_id",
+)
+"""What built-in tools returned to the model, per call: Threadlog's own record, not OpenAI's."""
+
+STEP_USAGE = Projection(
+    kind="step_usage",
+    folds={"threadlog.step.usage": snapshot},
+    parent_field="run_id",
+)
+"""Usage of a model turn whose tool_calls step waits for outputs (OpenAI shows step usage only once done)."""

@@ -10,7 +10,7 @@ import aiosqlite
 
 from projections.base import Doc
 
-__all__ = ["Page", "ViewReader", "UnknownCursor"]
+__all__ = ["Page", "UnknownCursor", "ViewReader"]
 
 
 class UnknownCursor(LookupError):

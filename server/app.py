@@ -21,7 +21,9 @@ from projections.views import UnknownCursor, ViewReader
 from server.auth import BearerKeyMiddleware
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
-from server.routes import assistants, messages, threads
+from server.providers import ProviderRegistry
+from server.routes import assistants, messages, runs, threads
+from server.runs.manager import RunManager
 from server.services import Services
 
 __all__ = ["create_app"]
@@ -41,13 +43,14 @@ async def _unknown_cursor(request: Request, exc: Exception) -> Response:
 
 def _routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
-    for module in (assistants, threads, messages):
+    for module in (assistants, runs, threads, messages):
         routes.extend(module.routes)
     return routes
 
 
 def create_app(settings: Settings) -> Starlette:
     """The server over `settings.data_dir`; the data dir is locked while it runs."""
+    providers = ProviderRegistry.from_settings(settings.env, settings.providers_file)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -55,11 +58,16 @@ def create_app(settings: Settings) -> Starlette:
         lock = _lock_data_dir(settings)
         store = EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=build_projector())
         await store.open()
-        svc = Services(settings=settings, store=store, views=ViewReader(store.reader))
+        views = ViewReader(store.reader)
+        manager = RunManager(store, views, providers)
+        svc = Services(settings=settings, store=store, views=views, runs=manager)
         app.state.services = svc
         try:
+            await manager.recover()
             yield
         finally:
+            await manager.shutdown()
+            await providers.aclose()
             await store.close()
             lock.close()
 

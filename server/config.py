@@ -10,7 +10,7 @@ from pathlib import Path
 
 from events.store import SYNCHRONOUS_MODES
 
-__all__ = ["Settings", "ConfigError"]
+__all__ = ["ConfigError", "Settings"]
 
 
 class ConfigError(ValueError):

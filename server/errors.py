@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-__all__ = ["APIError", "bad_request", "not_found", "error_response", "exception_handlers", "validation_error"]
+__all__ = ["APIError", "bad_request", "error_response", "exception_handlers", "not_found", "validation_error"]
 
 logger = logging.getLogger("threadlog")
 

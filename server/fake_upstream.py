@@ -141,11 +141,7 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        texts = [
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        ]
+        texts = [str(part.get("text", "")) for part in content if isinstance(part, dict) and part.get("type") == "text"]
         return "\n".join(texts)
     return ""
 
@@ -223,9 +219,7 @@ def parse_directives(text: str) -> Directives:
         if keyword == "code":
             first = line.lstrip().removeprefix("code:")
             code = (first + "".join(lines[index + 1 :])).strip()
-            directives.calls.append(
-                ToolCallPlan("code_interpreter", json.dumps({"code": code}))
-            )
+            directives.calls.append(ToolCallPlan("code_interpreter", json.dumps({"code": code})))
             break
         _apply_directive(directives, keyword, rest)
     return directives
@@ -237,9 +231,7 @@ def _apply_directive(directives: Directives, keyword: str, rest: str) -> None:
     elif keyword == "call":
         directives.calls.append(_parse_call(rest))
     elif keyword == "search":
-        directives.calls.append(
-            ToolCallPlan("file_search", json.dumps({"query": rest.strip()}))
-        )
+        directives.calls.append(ToolCallPlan("file_search", json.dumps({"query": rest.strip()})))
     elif keyword == "long":
         directives.long_n = _int_or_none(rest)
     elif keyword == "slow":
@@ -353,9 +345,7 @@ def plan_reply(body: dict[str, Any], state: FakeUpstreamState) -> ReplyPlan:
     if directives.fail is not None:
         status, times = directives.fail
         if 400 <= status <= 599 and state.should_fail(user_text, times):
-            return ReplyPlan(
-                error=(status, f"Simulated HTTP {status} from the fake upstream")
-            )
+            return ReplyPlan(error=(status, f"Simulated HTTP {status} from the fake upstream"))
 
     calls = _planned_calls(body, directives)
     text = _reply_text(body, directives, user_text)
@@ -408,9 +398,7 @@ class Emission:
         return len(self.content_tokens) + sum(len(frags) for _, _, frags in self.calls)
 
 
-def limit_emission(
-    plan: ReplyPlan, limit: int | None, state: FakeUpstreamState
-) -> Emission:
+def limit_emission(plan: ReplyPlan, limit: int | None, state: FakeUpstreamState) -> Emission:
     """Apply the completion-token budget across content tokens, then argument fragments."""
     budget = limit if limit is not None else -1
     truncated = False
@@ -439,15 +427,11 @@ def limit_emission(
     return Emission(tokens, calls, finish)
 
 
-def usage_dict(
-    body: dict[str, Any], plan: ReplyPlan, emission: Emission
-) -> dict[str, Any]:
+def usage_dict(body: dict[str, Any], plan: ReplyPlan, emission: Emission) -> dict[str, Any]:
     if plan.usage_override is not None:
         prompt, completion = plan.usage_override
     else:
-        prompt = prompt_tokens(
-            [m for m in body.get("messages") or [] if isinstance(m, dict)]
-        )
+        prompt = prompt_tokens([m for m in body.get("messages") or [] if isinstance(m, dict)])
         completion = emission.completion_tokens
     return {
         "prompt_tokens": prompt,
@@ -485,9 +469,7 @@ class ChunkFactory:
             chunk["usage"] = None
         return chunk
 
-    def delta(
-        self, delta: dict[str, Any], finish_reason: str | None = None
-    ) -> dict[str, Any]:
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         choice = {
             "index": 0,
             "delta": delta,
@@ -519,22 +501,15 @@ def stream_deltas(emission: Emission) -> list[dict[str, Any]]:
         if not deltas:
             first = {"role": "assistant", "content": None, "refusal": None, **first}
         deltas.append(first)
-        deltas.extend(
-            {"tool_calls": [{"index": index, "function": {"arguments": frag}}]}
-            for frag in frags
-        )
+        deltas.extend({"tool_calls": [{"index": index, "function": {"arguments": frag}}]} for frag in frags)
     return deltas
 
 
-def completion_body(
-    model: str, emission: Emission, usage: dict[str, Any]
-) -> dict[str, Any]:
+def completion_body(model: str, emission: Emission, usage: dict[str, Any]) -> dict[str, Any]:
     """A non-streaming ``chat.completion`` object."""
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": "".join(emission.content_tokens)
-        if emission.content_tokens or not emission.calls
-        else None,
+        "content": "".join(emission.content_tokens) if emission.content_tokens or not emission.calls else None,
         "refusal": None,
         "annotations": [],
     }
@@ -566,13 +541,11 @@ def completion_body(
 
 
 def sse(data: dict[str, Any] | str) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"data: {payload}\n\n".encode()
 
 
-def error_response(
-    status: int, message: str, *, code: str | None = None
-) -> JSONResponse:
+def error_response(status: int, message: str, *, code: str | None = None) -> JSONResponse:
     """An OpenAI-style error envelope; retryable ones carry ``retry-after-ms`` so retries stay fast."""
     if status == 429:
         error_type, default_code = "requests", "rate_limit_exceeded"
@@ -606,6 +579,7 @@ class DisconnectAwareResponse(Response):
     def __init__(self, write_body: SendBody, state: FakeUpstreamState) -> None:
         self.write_body = write_body
         self.state = state
+        self.status_code = 200  # the writer sends its own start message
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -638,15 +612,11 @@ async def _sleep_ms(ms: int) -> None:
         await asyncio.sleep(ms / 1000)
 
 
-def sse_writer(
-    body: dict[str, Any], plan: ReplyPlan, emission: Emission, latency_s: float
-) -> SendBody:
+def sse_writer(body: dict[str, Any], plan: ReplyPlan, emission: Emission, latency_s: float) -> SendBody:
     """Build the coroutine that writes the SSE stream for one completion."""
     model = str(body.get("model") or "fake-model")
     stream_options = body.get("stream_options")
-    include_usage = isinstance(stream_options, dict) and bool(
-        stream_options.get("include_usage")
-    )
+    include_usage = isinstance(stream_options, dict) and bool(stream_options.get("include_usage"))
     factory = ChunkFactory(model, include_usage)
 
     async def write(send: Send) -> None:
@@ -660,16 +630,12 @@ def sse_writer(
 
         async def emit(chunk: dict[str, Any] | str) -> None:
             await _sleep_ms(plan.slow_ms)
-            await send(
-                {"type": "http.response.body", "body": sse(chunk), "more_body": True}
-            )
+            await send({"type": "http.response.body", "body": sse(chunk), "more_body": True})
 
         if plan.stall:
             first = emission.content_tokens[0] if emission.content_tokens else "..."
             await emit(factory.delta({"role": "assistant", "content": first}))
-            await (
-                asyncio.Event().wait()
-            )  # never completes; the disconnect watcher ends us
+            await asyncio.Event().wait()  # never completes; the disconnect watcher ends us
         for delta in stream_deltas(emission):
             await emit(factory.delta(delta))
         await emit(factory.delta({}, emission.finish_reason))
@@ -700,9 +666,7 @@ def _authorized(request: Request, state: FakeUpstreamState) -> bool:
 
 
 def _unauthorized() -> JSONResponse:
-    return error_response(
-        401, "Incorrect API key provided to the fake upstream.", code="invalid_api_key"
-    )
+    return error_response(401, "Incorrect API key provided to the fake upstream.", code="invalid_api_key")
 
 
 def create_app(latency_s: float = 0.0, api_key: str | None = None) -> Starlette:
@@ -715,9 +679,7 @@ def create_app(latency_s: float = 0.0, api_key: str | None = None) -> Starlette:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return error_response(
-                400, "We could not parse the JSON body of your request."
-            )
+            return error_response(400, "We could not parse the JSON body of your request.")
         if not isinstance(body, dict):
             return error_response(400, "The request body must be a JSON object.")
         state.record_request(body)
@@ -729,26 +691,19 @@ def create_app(latency_s: float = 0.0, api_key: str | None = None) -> Starlette:
             return error_response(*plan.error)
         emission = limit_emission(plan, completion_limit(body), state)
         if body.get("stream"):
-            return DisconnectAwareResponse(
-                sse_writer(body, plan, emission, state.latency_s), state
-            )
+            return DisconnectAwareResponse(sse_writer(body, plan, emission, state.latency_s), state)
         if plan.stall:
             return DisconnectAwareResponse(hang_writer(), state)
         if state.latency_s > 0:
             await asyncio.sleep(state.latency_s)
         await _sleep_ms(plan.slow_ms * (emission.completion_tokens + 1))
         model = str(body.get("model") or "fake-model")
-        return JSONResponse(
-            completion_body(model, emission, usage_dict(body, plan, emission))
-        )
+        return JSONResponse(completion_body(model, emission, usage_dict(body, plan, emission)))
 
     async def list_models(request: Request) -> Response:
         if not _authorized(request, state):
             return _unauthorized()
-        data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "threadlog"}
-            for m in state.models()
-        ]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "threadlog"} for m in state.models()]
         return JSONResponse({"object": "list", "data": data})
 
     async def get_requests(request: Request) -> Response:
@@ -854,15 +809,11 @@ def serve_in_thread(
             sock.close()
 
     bound_port = int(sock.getsockname()[1])
-    thread = threading.Thread(
-        target=run, name=f"fake-upstream-{bound_port}", daemon=True
-    )
+    thread = threading.Thread(target=run, name=f"fake-upstream-{bound_port}", daemon=True)
     thread.start()
     if not ready.wait(startup_timeout_s) or failure or not server.started:
         server.should_exit = True
-        raise RuntimeError(
-            f"fake upstream failed to start: {failure[0] if failure else 'timeout'}"
-        )
+        raise RuntimeError(f"fake upstream failed to start: {failure[0] if failure else 'timeout'}")
     return RunningUpstream(host, bound_port, app.state.fake, server, thread)
 
 
@@ -871,23 +822,15 @@ def serve_in_thread(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m server.fake_upstream --port 9000``."""
-    parser = argparse.ArgumentParser(
-        description="Deterministic fake OpenAI Chat Completions server."
-    )
+    parser = argparse.ArgumentParser(description="Deterministic fake OpenAI Chat Completions server.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
-    parser.add_argument(
-        "--latency", type=float, default=0.0, help="seconds before the first chunk"
-    )
-    parser.add_argument(
-        "--api-key", default=None, help="require 'Authorization: Bearer <key>'"
-    )
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before the first chunk")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>'")
     args = parser.parse_args(argv)
     app = create_app(latency_s=args.latency, api_key=args.api_key)
     print(f"fake upstream: base_url http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(
-        app, host=args.host, port=args.port, log_level="warning", lifespan="off"
-    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
     return 0
 
 

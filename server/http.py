@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from server.errors import APIError, bad_request, validation_error
 
-__all__ = ["parse_body", "ListParams", "list_params", "json_body"]
+__all__ = ["ListParams", "json_body", "list_params", "parse_body"]
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 

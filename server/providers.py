@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx2
 import openai
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk
@@ -368,7 +367,7 @@ def _client_for(provider: Provider) -> AsyncOpenAI:
             base_url=provider.base_url,
             api_key=provider.api_key or NO_API_KEY_PLACEHOLDER,
             max_retries=provider.max_retries,
-            timeout=httpx2.Timeout(provider.timeout_s, connect=provider.connect_timeout_s),
+            timeout=openai.Timeout(provider.timeout_s, connect=provider.connect_timeout_s),
         )
         per_loop[provider] = client
     return client

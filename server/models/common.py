@@ -9,9 +9,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 __all__ = [
     "Metadata",
     "Request",
+    "ResponseFormat",
     "Tool",
     "ToolResources",
-    "ResponseFormat",
     "dump",
 ]
 

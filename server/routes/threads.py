@@ -18,7 +18,7 @@ from server.services import Services, services
 from server.threads import active_run, append_decided, check_attachments, message_object, require_thread
 from server.tool_resources import resolve_tool_resources
 
-__all__ = ["routes", "create_thread_events"]
+__all__ = ["create_thread_events", "routes"]
 
 
 async def create_thread_events(svc: Services, body: CreateThread) -> tuple[str, list[NewEvent], Any]:

@@ -1,0 +1,1 @@
+"""Runs: the engine that executes an assistant over a thread, and the manager that drives it."""

@@ -1,0 +1,559 @@
+"""The run engine: an async generator that executes an assistant over a thread.
+
+It assembles the prompt, streams the model's answer and yields the events of the run as
+OpenAI's stream would show them: run status snapshots, steps, messages, and their deltas.
+The caller (the run manager) appends each event to the log before asking for the next, so
+the log always holds what happened so far and a client never sees an event the log does
+not have. The engine keeps the run, its current step and message in memory; every event
+it yields is a copy.
+
+Cancellation: the manager cancels the task that consumes this generator, which closes the
+upstream HTTP stream at once; `closing_events()` then tells how to end the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from events.records import NewEvent
+from projections.views import ViewReader
+from server.ids import new_id
+from server.providers import Provider, UpstreamError, stream_chat_completion
+from server.runs import objects
+from server.runs.objects import now, run_event
+from server.runs.prompt import (
+    PromptParts,
+    build_messages,
+    chat_tool_choice,
+    chat_tools,
+    thread_message_to_chat,
+    truncate,
+)
+
+__all__ = ["CITATION_PATTERN", "BuiltinTools", "RunEngine", "ToolResult"]
+
+CITATION_PATTERN = re.compile(r"【(\d+):(\d+)†([^】]+)】")
+
+
+@dataclass
+class ToolResult:
+    """What a built-in tool gives back: the step's call details and the text the model reads."""
+
+    details: dict[str, Any]
+    output: str
+    citations: dict[str, str] = field(default_factory=dict)  # marker -> file id
+    message_attachments: list[dict[str, Any]] = field(default_factory=list)
+
+
+class BuiltinTools(Protocol):
+    async def run_tool(
+        self, name: str, arguments: dict[str, Any], run: dict[str, Any], call_index: int
+    ) -> ToolResult: ...
+
+
+class _NoBuiltins:
+    async def run_tool(
+        self, name: str, arguments: dict[str, Any], run: dict[str, Any], call_index: int
+    ) -> ToolResult:
+        return ToolResult({}, f"The {name} tool is not available on this server.")
+
+
+@dataclass
+class _Call:
+    """One tool call as it streams in."""
+
+    upstream_index: int
+    index: int
+    id: str
+    name: str | None = None
+    arguments: str = ""
+    announced: bool = False
+    code_sent: int = 0  # code_interpreter: characters of `code` already streamed as input
+
+    def kind(self, builtin_names: set[str]) -> str:
+        return self.name if self.name in builtin_names else "function"
+
+
+class RunEngine:
+    def __init__(
+        self,
+        run: dict[str, Any],
+        *,
+        provider: Provider,
+        views: ViewReader,
+        builtins: BuiltinTools | None = None,
+        context_window: int | None = None,
+    ) -> None:
+        self.run = run
+        self.provider = provider
+        self.views = views
+        self.builtins = builtins or _NoBuiltins()
+        self.context_window = context_window or provider.context_window
+        self.cancel_requested = False
+        self._message: dict[str, Any] | None = None
+        self._message_step: dict[str, Any] | None = None
+        self._tool_step: dict[str, Any] | None = None
+        self._usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        self._citations: dict[str, str] = {}
+        self._builtin_names = {t["type"] for t in run["tools"] if t["type"] in ("file_search", "code_interpreter")}
+
+    # -- the generator ---------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[NewEvent]:
+        await self._restore_usage()
+        run = self.run
+        run["status"] = "in_progress"
+        run["started_at"] = run.get("started_at") or now()
+        yield run_event(run)
+        while True:
+            if self.cancel_requested:
+                for event in self.closing_events():
+                    yield event
+                return
+            limit = self._completion_budget()
+            if limit is not None and limit <= 0:
+                for event in self._finish_incomplete("max_completion_tokens"):
+                    yield event
+                return
+            parts, fits = await self._prompt()
+            if not fits:
+                for event in self._finish_incomplete("max_prompt_tokens"):
+                    yield event
+                return
+            request = self._request(parts, limit)
+            calls: list[_Call] = []
+            finish_reason: str | None = None
+            turn_usage: dict[str, int] | None = None
+            try:
+                async for chunk in stream_chat_completion(self.provider, request):
+                    if chunk.usage is not None:
+                        turn_usage = {
+                            "prompt_tokens": chunk.usage.prompt_tokens,
+                            "completion_tokens": chunk.usage.completion_tokens,
+                            "total_tokens": chunk.usage.total_tokens,
+                        }
+                    for choice in chunk.choices:
+                        delta = choice.delta
+                        if delta.content:
+                            for event in self._on_text(delta.content):
+                                yield event
+                        for tool_call in delta.tool_calls or []:
+                            for event in self._on_tool_call(calls, tool_call):
+                                yield event
+                        if choice.finish_reason:
+                            finish_reason = choice.finish_reason
+            except UpstreamError as exc:
+                for event in self._finish_failed(exc.code, exc.message):
+                    yield event
+                return
+            for event in self._announce_pending(calls):
+                yield event
+            self._add_usage(turn_usage)
+            truncated = finish_reason == "length"
+            for event in self._complete_message(turn_usage if not calls else None, truncated):
+                yield event
+            if truncated:
+                for event in self._finish_incomplete("max_completion_tokens", step_usage=turn_usage):
+                    yield event
+                return
+            if not calls:
+                for event in self._finish_completed():
+                    yield event
+                return
+            async for event in self._run_builtins(calls):
+                yield event
+            functions = [c for c in calls if c.kind(self._builtin_names) == "function"]
+            if functions:
+                if self._tool_step is not None:
+                    yield NewEvent(
+                        "threadlog.step.usage",
+                        {"id": self._tool_step["id"], "run_id": self.run["id"], "usage": turn_usage or _zero_usage()},
+                        run_id=self.run["id"],
+                    )
+                yield self._requires_action(functions)
+                return
+            yield self._complete_tool_step(turn_usage)
+
+    # -- streaming pieces ------------------------------------------------------------------
+
+    def _on_text(self, text: str) -> list[NewEvent]:
+        events: list[NewEvent] = []
+        if self._message is None:
+            message = objects.new_assistant_message(self.run)
+            step = objects.new_step(
+                self.run, "message_creation", {"type": "message_creation", "message_creation": {"message_id": message["id"]}}
+            )
+            self._message, self._message_step = message, step
+            events += [objects.step_event(step, "created"), objects.step_event(step, "in_progress")]
+            events += [objects.message_event(message, "created"), objects.message_event(message, "in_progress")]
+        message = self._message
+        first = not message["content"]
+        if first:
+            message["content"].append({"type": "text", "text": {"value": "", "annotations": []}})
+        message["content"][0]["text"]["value"] += text
+        events.append(objects.text_delta(message, 0, text, first))
+        return events
+
+    def _on_tool_call(self, calls: list[_Call], tool_call: Any) -> list[NewEvent]:
+        events: list[NewEvent] = []
+        call = next((c for c in calls if c.upstream_index == tool_call.index), None)
+        if call is None:
+            if self.run.get("parallel_tool_calls") is False and calls:
+                return events  # one call per turn was asked for
+            # Our own ids: upstreams that reuse or omit ids must not make calls collide.
+            call = _Call(upstream_index=tool_call.index, index=len(calls), id=new_id("call_", 24))
+            calls.append(call)
+        function = tool_call.function
+        if function is not None and function.name:
+            call.name = (call.name or "") + function.name if not call.announced else call.name
+        if function is not None and function.arguments:
+            call.arguments += function.arguments
+        if call.name is None:
+            return events
+        if self._tool_step is None:
+            events += self._complete_message(None, False)
+            self._tool_step = objects.new_step(self.run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
+            events += [objects.step_event(self._tool_step, "created"), objects.step_event(self._tool_step, "in_progress")]
+        events += self._stream_call(call, function.arguments if function is not None and call.announced else None)
+        return events
+
+    def _stream_call(self, call: _Call, fragment: str | None) -> list[NewEvent]:
+        """Step deltas for a call: its head once, then argument (or code) fragments."""
+        assert self._tool_step is not None
+        kind = call.kind(self._builtin_names)
+        calls: list[dict[str, Any]] = self._tool_step["step_details"]["tool_calls"]
+        out: list[dict[str, Any]] = []
+        if not call.announced:
+            call.announced = True
+            head: dict[str, Any]
+            if kind == "function":
+                head = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": "", "output": None}}
+            elif kind == "code_interpreter":
+                head = {"id": call.id, "type": "code_interpreter", "code_interpreter": {"input": "", "outputs": []}}
+            else:
+                head = {"id": call.id, "type": "file_search", "file_search": {}}
+            calls.append(head)
+            out.append({"index": call.index, **head})
+            fragment = call.arguments
+        if kind == "function" and fragment:
+            calls[call.index]["function"]["arguments"] += fragment
+            out.append({"index": call.index, "type": "function", "function": {"arguments": fragment}})
+        elif kind == "code_interpreter":
+            code = _partial_json_string(call.arguments, "code")
+            new = code[call.code_sent :]
+            if new:
+                call.code_sent = len(code)
+                calls[call.index]["code_interpreter"]["input"] += new
+                out.append({"index": call.index, "type": "code_interpreter", "code_interpreter": {"input": new}})
+        return [objects.tool_call_delta(self._tool_step, out)] if out else []
+
+    def _announce_pending(self, calls: list[_Call]) -> list[NewEvent]:
+        """Calls whose name never arrived with their first chunk still get a step entry."""
+        events: list[NewEvent] = []
+        for call in calls:
+            if not call.announced:
+                call.name = call.name or "unknown"
+                if self._tool_step is None:
+                    self._tool_step = objects.new_step(self.run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
+                    events += [objects.step_event(self._tool_step, "created"), objects.step_event(self._tool_step, "in_progress")]
+                events += self._stream_call(call, None)
+        return events
+
+    # -- finishing pieces ------------------------------------------------------------------
+
+    def _complete_message(self, usage: dict[str, int] | None, truncated: bool) -> list[NewEvent]:
+        message, step = self._message, self._message_step
+        if message is None or step is None:
+            return []
+        self._message = self._message_step = None
+        events: list[NewEvent] = []
+        annotations = self._annotations(message)
+        if annotations:
+            message["content"][0]["text"]["annotations"] = annotations
+            events.append(objects.annotations_delta(message, 0, annotations))
+        stamp = now()
+        if truncated:
+            message.update(status="incomplete", incomplete_at=stamp, incomplete_details={"reason": "max_tokens"})
+        else:
+            message.update(status="completed", completed_at=stamp)
+        events.append(objects.message_event(message))
+        step.update(status="completed", completed_at=stamp, usage=usage or _zero_usage())
+        events.append(objects.step_event(step))
+        return events
+
+    def _annotations(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every citation marker the model wrote becomes a file_citation annotation."""
+        if not message["content"] or not self._citations:
+            return []
+        text = message["content"][0]["text"]["value"]
+        out = []
+        for match in CITATION_PATTERN.finditer(text):
+            file_id = self._citations.get(match.group(0))
+            if file_id is None:
+                continue
+            out.append(
+                {
+                    "type": "file_citation",
+                    "text": match.group(0),
+                    "start_index": match.start(),
+                    "end_index": match.end(),
+                    "file_citation": {"file_id": file_id},
+                }
+            )
+        return out
+
+    async def _run_builtins(self, calls: list[_Call]) -> AsyncIterator[NewEvent]:
+        step = self._tool_step
+        if step is None:
+            return
+        for call in calls:
+            kind = call.kind(self._builtin_names)
+            if kind == "function":
+                continue
+            arguments: Any = {}
+            try:
+                arguments = json.loads(call.arguments or "{}")
+                if not isinstance(arguments, dict):
+                    raise ValueError("arguments must be a JSON object")
+            except ValueError as exc:
+                result = ToolResult({}, f"Invalid arguments for {kind}: {exc}")
+            else:
+                result = await self.builtins.run_tool(kind, arguments, self.run, self._turn_index())
+            self._citations.update(result.citations)
+            entry = step["step_details"]["tool_calls"][call.index]
+            if kind == "code_interpreter":
+                outputs = result.details.get("outputs", [])
+                entry["code_interpreter"]["outputs"] = outputs
+                if outputs:
+                    items = [{"index": i, **o} for i, o in enumerate(outputs)]
+                    delta = [{"index": call.index, "type": "code_interpreter", "code_interpreter": {"outputs": items}}]
+                    yield objects.tool_call_delta(step, delta)
+            else:
+                entry["file_search"] = {k: v for k, v in result.details.items() if k != "full_results"}
+            # What the model read, kept beside the step (not in OpenAI's object) for later turns.
+            yield NewEvent(
+                "threadlog.tool_call.output",
+                {
+                    "id": call.id,
+                    "run_id": self.run["id"],
+                    "step_id": step["id"],
+                    "name": kind,
+                    "arguments": arguments if isinstance(arguments, dict) else {},
+                    "output": result.output,
+                    "citations": result.citations,
+                    "results": result.details.get("full_results"),
+                },
+                run_id=self.run["id"],
+            )
+
+    def _requires_action(self, functions: list[_Call]) -> NewEvent:
+        run = self.run
+        run["status"] = "requires_action"
+        run["required_action"] = {
+            "type": "submit_tool_outputs",
+            "submit_tool_outputs": {
+                "tool_calls": [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in functions
+                ]
+            },
+        }
+        return run_event(run)
+
+    def _complete_tool_step(self, usage: dict[str, int] | None) -> NewEvent:
+        step = self._tool_step
+        assert step is not None
+        self._tool_step = None
+        step.update(status="completed", completed_at=now(), usage=usage or _zero_usage())
+        return objects.step_event(step)
+
+    def _finish_completed(self) -> list[NewEvent]:
+        run = self.run
+        run.update(status="completed", completed_at=now(), expires_at=None, required_action=None, usage=dict(self._usage))
+        return [run_event(run)]
+
+    def _finish_incomplete(self, reason: str, step_usage: dict[str, int] | None = None) -> list[NewEvent]:
+        events = self._close_open("incomplete")
+        run = self.run
+        run.update(
+            status="incomplete",
+            incomplete_details={"reason": reason},
+            expires_at=None,
+            required_action=None,
+            usage=dict(self._usage),
+        )
+        run["completed_at"] = None
+        events.append(run_event(run))
+        return events
+
+    def _finish_failed(self, code: str, message: str) -> list[NewEvent]:
+        error = {"code": code, "message": message}
+        events = self._close_open("failed", error)
+        run = self.run
+        run.update(status="failed", failed_at=now(), last_error=error, expires_at=None, required_action=None,
+                   usage=dict(self._usage))
+        events.append(run_event(run))
+        return events
+
+    def fail(self, code: str, message: str) -> list[NewEvent]:
+        """Events that end the run as failed after an unexpected error in the engine."""
+        return self._finish_failed(code, message)
+
+    def closing_events(self) -> list[NewEvent]:
+        """Events that end a cancelled run: open message incomplete, open step cancelled."""
+        events = self._close_open("cancelled")
+        run = self.run
+        run.update(status="cancelled", cancelled_at=now(), expires_at=None, required_action=None,
+                   usage=dict(self._usage))
+        events.append(run_event(run))
+        return events
+
+    def _close_open(self, how: str, error: dict[str, str] | None = None) -> list[NewEvent]:
+        events: list[NewEvent] = []
+        stamp = now()
+        reasons = {"cancelled": "run_cancelled", "failed": "run_failed", "incomplete": "max_tokens", "expired": "run_expired"}
+        if self._message is not None:
+            self._message.update(status="incomplete", incomplete_at=stamp, incomplete_details={"reason": reasons[how]})
+            events.append(objects.message_event(self._message))
+        for step in (self._message_step, self._tool_step):
+            if step is None:
+                continue
+            if how == "incomplete":
+                step.update(status="completed", completed_at=stamp, usage=step.get("usage") or _zero_usage())
+            elif how == "failed":
+                step.update(status="failed", failed_at=stamp, last_error=error)
+            else:
+                step.update(status=how, **{f"{how}_at" if how != "expired" else "expired_at": stamp})
+            events.append(objects.step_event(step))
+        self._message = self._message_step = self._tool_step = None
+        return events
+
+    # -- prompt ----------------------------------------------------------------------------
+
+    async def _prompt(self) -> tuple[PromptParts, bool]:
+        run = self.run
+        page = await self.views.list("message", parent_id=run["thread_id"], limit=100_000, order="asc")
+        history = [thread_message_to_chat(m) for m in page.data if m.get("run_id") != run["id"]]
+        own = {m["id"]: m for m in page.data if m.get("run_id") == run["id"]}
+        steps = await self.views.list("step", parent_id=run["id"], limit=100_000, order="asc")
+        outputs = await self._tool_outputs()
+        turn: list[dict[str, Any]] = []
+        for step in steps.data:
+            details = step["step_details"]
+            if details["type"] == "message_creation":
+                message = own.get(details["message_creation"]["message_id"])
+                if message is not None:
+                    turn.append(thread_message_to_chat(message))
+            else:
+                turn += _tool_turn(details["tool_calls"], outputs)
+        parts = PromptParts(system=run.get("instructions") or None, history=history, turn=turn)
+        budget = self.context_window - (run.get("max_completion_tokens") or 0)
+        if run.get("max_prompt_tokens"):
+            budget = min(budget, run["max_prompt_tokens"] - self._usage["prompt_tokens"])
+        return truncate(parts, run.get("truncation_strategy"), budget)
+
+    def _request(self, parts: PromptParts, max_completion: int | None) -> dict[str, Any]:
+        run = self.run
+        request: dict[str, Any] = {"model": run["model"], "messages": build_messages(parts)}
+        tools = chat_tools(run["tools"])
+        if tools:
+            request["tools"] = tools
+            if run.get("tool_choice") is not None:
+                request["tool_choice"] = chat_tool_choice(run["tool_choice"])
+            if run.get("parallel_tool_calls") is not None:
+                request["parallel_tool_calls"] = run["parallel_tool_calls"]
+        for name in ("temperature", "top_p"):
+            if run.get(name) is not None:
+                request[name] = run[name]
+        if max_completion is not None:
+            request["max_completion_tokens"] = max_completion
+        fmt = run.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+            request["response_format"] = fmt
+        return request
+
+    def _completion_budget(self) -> int | None:
+        limit = self.run.get("max_completion_tokens")
+        return None if limit is None else int(limit) - self._usage["completion_tokens"]
+
+    def _add_usage(self, usage: dict[str, int] | None) -> None:
+        if usage:
+            for key in self._usage:
+                self._usage[key] += int(usage.get(key) or 0)
+
+    async def _restore_usage(self) -> None:
+        """After a submit (possibly after a restart), count what earlier turns used."""
+        steps = await self.views.list("step", parent_id=self.run["id"], limit=100_000, order="asc")
+        for step in steps.data:
+            self._add_usage(step.get("usage"))
+        for output in (await self._tool_outputs()).values():
+            self._citations.update(output.get("citations") or {})
+
+    async def _tool_outputs(self) -> dict[str, dict[str, Any]]:
+        page = await self.views.list("tool_output", parent_id=self.run["id"], limit=100_000, order="asc")
+        return {doc["id"]: doc for doc in page.data}
+
+    def _turn_index(self) -> int:
+        return len(self._citations)
+
+
+def _tool_turn(tool_calls: list[dict[str, Any]], outputs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """A past tool_calls step as the assistant message that made the calls and their results."""
+    calls = []
+    results = []
+    for call in tool_calls:
+        kind = call["type"]
+        if kind == "function":
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            output = call["function"].get("output")
+        else:
+            recorded = outputs.get(call["id"], {})
+            name, arguments = kind, json.dumps(recorded.get("arguments") or {})
+            output = recorded.get("output")
+        calls.append({"id": call["id"], "type": "function", "function": {"name": name, "arguments": arguments}})
+        results.append({"role": "tool", "tool_call_id": call["id"], "content": output if output is not None else ""})
+    return [{"role": "assistant", "content": None, "tool_calls": calls}, *results]
+
+
+def _zero_usage() -> dict[str, int]:
+    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _partial_json_string(text: str, key: str) -> str:
+    """The (possibly unfinished) string value of `key` in streamed JSON, decoded so far.
+
+    Lets code_interpreter's input stream to the client as the model writes it, before the
+    arguments are complete JSON.
+    """
+    match = re.search(r'"' + re.escape(key) + r'"\s*:\s*"', text)
+    if match is None:
+        return ""
+    out: list[str] = []
+    i = match.end()
+    while i < len(text):
+        ch = text[i]
+        if ch == '"':
+            break
+        if ch == "\\":
+            if i + 1 >= len(text):
+                break
+            nxt = text[i + 1]
+            if nxt == "u":
+                if i + 6 > len(text):
+                    break
+                out.append(chr(int(text[i + 2 : i + 6], 16)))
+                i += 6
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)

@@ -1,0 +1,231 @@
+"""The run manager: drives run engines as background tasks and owns a run's lifecycle.
+
+A run's task is independent of any HTTP connection, so a client that drops its stream
+does not stop the run. The manager appends every event the engine yields, cancels runs
+promptly (cancelling the task closes the upstream stream), expires runs left waiting for
+tool outputs, and on start-up settles runs that a crash cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from events.records import NewEvent
+from events.store import ConcurrencyError, EventStore
+from projections.views import ViewReader
+from server.providers import ProviderRegistry
+from server.runs import objects
+from server.runs.engine import BuiltinTools, RunEngine
+from server.runs.objects import now, run_event
+
+__all__ = ["CannotCancel", "RunManager"]
+
+logger = logging.getLogger("threadlog.runs")
+
+
+class CannotCancel(Exception):
+    def __init__(self, status: str) -> None:
+        super().__init__(f"Cannot cancel run with status '{status}'.")
+        self.status = status
+
+
+class RunManager:
+    def __init__(
+        self,
+        store: EventStore,
+        views: ViewReader,
+        providers: ProviderRegistry,
+        builtins: BuiltinTools | None = None,
+    ) -> None:
+        self.store = store
+        self.views = views
+        self.providers = providers
+        self.builtins = builtins
+        self._engines: dict[str, RunEngine] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._shutting_down = False
+
+    # -- starting and driving --------------------------------------------------------------
+
+    def start(self, run: dict[str, Any]) -> None:
+        """Execute a queued run in the background."""
+        provider = self.providers.resolve(run["model"])
+        assert provider is not None, "checked when the run was created"
+        engine = RunEngine(run, provider=provider, views=self.views, builtins=self.builtins)
+        self._engines[run["id"]] = engine
+        self._cancel_expiry(run["id"])
+        self._tasks[run["id"]] = asyncio.create_task(self._drive(engine), name=f"run-{run['id']}")
+
+    def is_running(self, run_id: str) -> bool:
+        return run_id in self._tasks
+
+    async def _append(self, run: dict[str, Any], events: list[NewEvent]) -> None:
+        await self.store.append(run["thread_id"], events)
+
+    async def _drive(self, engine: RunEngine) -> None:
+        run = engine.run
+        try:
+            async for event in engine.events():
+                # Shielded: an event handed to the log is committed even if the run is
+                # cancelled meanwhile, so the log never holds half of a step.
+                await asyncio.shield(self._append(run, [event]))
+                if event.type == "thread.run.requires_action":
+                    self._schedule_expiry(run["id"], run["expires_at"])
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if self._shutting_down:
+                closing = engine.fail("server_error", "The server shut down while this run was in progress.")
+            else:
+                closing = engine.closing_events()
+            await self._append(run, closing)
+        except Exception as exc:
+            logger.exception("run %s failed", run["id"])
+            await self._append(run, engine.fail("server_error", f"Internal error while running: {exc}"))
+        finally:
+            self._engines.pop(run["id"], None)
+            self._tasks.pop(run["id"], None)
+
+    # -- control ---------------------------------------------------------------------------
+
+    async def cancel(self, run_id: str) -> dict[str, Any]:
+        """Ask a run to stop; returns it as `cancelling`. Raises CannotCancel for a run that has ended."""
+        engine = self._engines.get(run_id)
+        if engine is not None:
+            if engine.cancel_requested:
+                return dict(engine.run)
+            engine.cancel_requested = True
+            engine.run["status"] = "cancelling"
+            snapshot = objects.run_event(engine.run)
+            await self._append(engine.run, [snapshot])
+            task = self._tasks.get(run_id)
+            if task is not None:
+                task.cancel()
+            return snapshot.data
+        for _ in range(8):
+            run = await self.views.get("run", run_id)
+            if run is None:
+                raise CannotCancel("missing")
+            if run["status"] == "cancelling":
+                return run
+            if run["status"] != "requires_action":
+                raise CannotCancel(run["status"])
+            # Waiting for tool outputs, nothing executing: settle it here, unless a submit wins the race.
+            version = await self.store.stream_version(run["thread_id"])
+            cancelling = {**run, "status": "cancelling"}
+            events = [run_event(cancelling)]
+            events += await self._close_steps(run, "cancelled")
+            events.append(run_event({**run, "status": "cancelled", "cancelled_at": now(), "expires_at": None,
+                                     "required_action": None}))
+            try:
+                await self.store.append(run["thread_id"], events, expected_version=version)
+            except ConcurrencyError:
+                continue
+            self._cancel_expiry(run_id)
+            return cancelling
+        raise CannotCancel("busy")
+
+    def update_metadata(self, run_id: str, metadata: dict[str, str]) -> None:
+        engine = self._engines.get(run_id)
+        if engine is not None:
+            engine.run["metadata"] = metadata
+
+    async def shutdown(self) -> None:
+        self._shutting_down = True
+        for handle in self._expiry.values():
+            handle.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- expiry ----------------------------------------------------------------------------
+
+    def _schedule_expiry(self, run_id: str, expires_at: int | None) -> None:
+        if expires_at is None:
+            return
+        self._cancel_expiry(run_id)
+        delay = max(0.0, expires_at - time.time())
+        loop = asyncio.get_running_loop()
+        self._expiry[run_id] = loop.call_later(delay, lambda: asyncio.ensure_future(self._expire(run_id)))
+
+    def _cancel_expiry(self, run_id: str) -> None:
+        handle = self._expiry.pop(run_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    async def _expire(self, run_id: str) -> None:
+        self._expiry.pop(run_id, None)
+        for _ in range(8):
+            run = await self.views.get("run", run_id)
+            if run is None or run["status"] != "requires_action" or run_id in self._tasks:
+                return
+            version = await self.store.stream_version(run["thread_id"])
+            events = await self._close_steps(run, "expired")
+            events.append(run_event({**run, "status": "expired", "required_action": None}))
+            try:
+                await self.store.append(run["thread_id"], events, expected_version=version)
+                return
+            except ConcurrencyError:
+                continue
+
+    # -- recovery --------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Settle runs a crash cut off; re-arm expiry of runs waiting for tool outputs."""
+        for run in await self.views.all_of_kind("run", ("queued", "in_progress", "cancelling", "requires_action")):
+            if run["status"] == "requires_action":
+                self._schedule_expiry(run["id"], run.get("expires_at"))
+                continue
+            if run["status"] == "cancelling":
+                events = await self._close_steps(run, "cancelled")
+                events.append(run_event({**run, "status": "cancelled", "cancelled_at": now(), "expires_at": None}))
+            else:
+                error = {
+                    "code": "server_error",
+                    "message": "The server stopped while this run was in progress; it was marked failed on restart.",
+                }
+                events = await self._close_steps(run, "failed", error)
+                events.append(run_event({**run, "status": "failed", "failed_at": now(), "last_error": error,
+                                         "expires_at": None, "required_action": None}))
+            await self._append(run, events)
+            logger.warning("run %s was %s at start-up; now %s", run["id"], run["status"], events[-1].data["status"])
+
+    async def _close_steps(
+        self, run: dict[str, Any], how: str, error: dict[str, str] | None = None
+    ) -> list[NewEvent]:
+        """Events closing a run's open steps and messages (from the views)."""
+        events: list[NewEvent] = []
+        stamp = now()
+        reason = {"cancelled": "run_cancelled", "failed": "run_failed", "expired": "run_expired"}[how]
+        messages = await self.views.list("message", parent_id=run["thread_id"], run_id=run["id"], limit=1000)
+        for message in messages.data:
+            if message["status"] == "in_progress":
+                message = {**message, "status": "incomplete", "incomplete_at": stamp,
+                           "incomplete_details": {"reason": reason}}
+                events.append(objects.message_event(message))
+        steps = await self.views.list("step", parent_id=run["id"], limit=1000)
+        for step in steps.data:
+            if step["status"] != "in_progress":
+                continue
+            stamp_field = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}[how]
+            closed = {**step, "status": how, stamp_field: stamp}
+            if error is not None:
+                closed["last_error"] = error
+            events.append(objects.step_event(closed))
+        return events
+
+
+@contextlib.asynccontextmanager
+async def running(manager: RunManager) -> Any:
+    try:
+        yield manager
+    finally:
+        await manager.shutdown()
