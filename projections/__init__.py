@@ -2,11 +2,24 @@
 
 from projections.assistants import ASSISTANTS
 from projections.base import Projection, ViewProjector
+from projections.files import FILE_BATCHES, FILES, VECTOR_STORE_FILES, VECTOR_STORES
 from projections.messages import MESSAGES
 from projections.runs import RUNS, STEP_USAGE, STEPS, TOOL_OUTPUTS
 from projections.threads import THREADS
 
-ALL_PROJECTIONS: tuple[Projection, ...] = (ASSISTANTS, THREADS, MESSAGES, RUNS, STEP_USAGE, STEPS, TOOL_OUTPUTS, STEP_USAGE)
+ALL_PROJECTIONS: tuple[Projection, ...] = (
+    ASSISTANTS,
+    THREADS,
+    MESSAGES,
+    RUNS,
+    STEPS,
+    STEP_USAGE,
+    TOOL_OUTPUTS,
+    FILES,
+    VECTOR_STORES,
+    VECTOR_STORE_FILES,
+    FILE_BATCHES,
+)
 
 
 def build_projector() -> ViewProjector:

@@ -22,7 +22,7 @@ from server.auth import BearerKeyMiddleware
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
 from server.providers import ProviderRegistry
-from server.routes import assistants, messages, runs, threads
+from server.routes import assistants, files, messages, runs, threads
 from server.runs.manager import RunManager
 from server.services import Services
 
@@ -43,7 +43,7 @@ async def _unknown_cursor(request: Request, exc: Exception) -> Response:
 
 def _routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
-    for module in (assistants, runs, threads, messages):
+    for module in (assistants, runs, threads, messages, files):
         routes.extend(module.routes)
     return routes
 
