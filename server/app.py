@@ -22,7 +22,8 @@ from server.auth import BearerKeyMiddleware
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
 from server.providers import ProviderRegistry
-from server.routes import assistants, files, messages, runs, threads
+from server.builtins import Builtins
+from server.routes import assistants, files, messages, runs, threads, vector_stores
 from server.runs.manager import RunManager
 from server.services import Services
 
@@ -43,7 +44,7 @@ async def _unknown_cursor(request: Request, exc: Exception) -> Response:
 
 def _routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
-    for module in (assistants, runs, threads, messages, files):
+    for module in (assistants, runs, threads, messages, files, vector_stores):
         routes.extend(module.routes)
     return routes
 
@@ -61,12 +62,21 @@ def create_app(settings: Settings) -> Starlette:
         views = ViewReader(store.reader)
         manager = RunManager(store, views, providers)
         svc = Services(settings=settings, store=store, views=views, runs=manager)
+        manager.builtins = Builtins(svc)
         app.state.services = svc
+        stores = _vector_stores(svc)
+        interpreter = _code_interpreter(svc)
         try:
             await manager.recover()
+            if stores is not None:
+                await stores.recover()
             yield
         finally:
             await manager.shutdown()
+            if stores is not None:
+                await stores.aclose()
+            if interpreter is not None:
+                await interpreter.aclose()
             await providers.aclose()
             await store.close()
             lock.close()
@@ -78,6 +88,37 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=handlers,
         lifespan=lifespan,
     )
+
+
+def _vector_stores(svc: Services) -> Any:
+    """LanceDB-backed vector stores, if the retrieval extras are installed."""
+    try:
+        from server.retrieval.chunking import AUTO_CHUNKING
+        from server.retrieval.embedding import embedder_from_env
+        from server.retrieval.index import VectorIndex
+        from server.vector_stores import VectorStores
+    except ImportError as exc:
+        logger.warning("vector stores disabled: %s", exc)
+        return None
+    index = VectorIndex(svc.settings.vector_uri, embedder_from_env(svc.settings.env))
+    stores = VectorStores(svc, index, AUTO_CHUNKING)
+    svc.extras["vector_stores"] = stores
+    return stores
+
+
+def _code_interpreter(svc: Services) -> Any:
+    """The sandboxed code_interpreter, or the reason it cannot run here."""
+    try:
+        from server.code_interpreter import CodeInterpreter
+    except ImportError as exc:
+        svc.extras["sandbox_unavailable"] = f"the sandbox module is missing ({exc})"
+        return None
+    interpreter = CodeInterpreter.create(svc)
+    if interpreter.unavailable:
+        svc.extras["sandbox_unavailable"] = interpreter.unavailable
+        return None
+    svc.extras["code_interpreter"] = interpreter
+    return interpreter
 
 
 def _lock_data_dir(settings: Settings) -> Any:

@@ -60,8 +60,8 @@ async def resolve_tool_resources(
                     "Provide either 'vector_store_ids' or 'vector_stores', not both.",
                     "tool_resources.file_search",
                 )
-            create_store = svc.extras.get("create_vector_store")
-            if create_store is None:
+            stores = svc.extras.get("vector_stores")
+            if stores is None:
                 raise bad_request("Vector stores are not available on this server.", "tool_resources.file_search")
             spec = search.vector_stores[0]
             for i, file_id in enumerate(spec.file_ids):
@@ -70,11 +70,13 @@ async def resolve_tool_resources(
                         f"No file found with id '{file_id}'.",
                         f"tool_resources.file_search.vector_stores[0].file_ids[{i}]",
                     )
-            store_id: str = create_store.new_id()
+            store_id: str = stores.new_id()
             ids = [store_id]
 
             async def setup() -> None:
-                await create_store(store_id, spec)
+                await stores.create(
+                    store_id, file_ids=spec.file_ids, chunking=spec.chunking_strategy, metadata=spec.metadata
+                )
 
         out["file_search"] = {"vector_store_ids": ids}
     return out, setup

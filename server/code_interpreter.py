@@ -1,0 +1,120 @@
+"""The code_interpreter tool: runs the model's Python in the thread's sandbox session.
+
+Files of the assistant's and thread's `tool_resources.code_interpreter` and message
+attachments meant for code_interpreter are placed under /mnt/data; files the code writes
+there become files with purpose `assistants_output`, images as `image` outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from events.records import NewEvent
+from server.ids import new_id
+from server.runs.engine import ToolResult
+from server.sandbox import InputFile, SandboxLimits, SandboxManager, SandboxUnavailable, sandbox_status
+from server.services import Services
+
+__all__ = ["CodeInterpreter"]
+
+_MODEL_OUTPUT_CHARS = 8000
+
+
+@dataclass
+class CodeInterpreter:
+    svc: Services
+    sandboxes: SandboxManager | None
+    unavailable: str | None
+
+    @classmethod
+    def create(cls, svc: Services) -> CodeInterpreter:
+        settings = svc.settings
+        reason = sandbox_status(settings.allow_unsandboxed_code)
+        if reason is not None:
+            return cls(svc, None, reason)
+        limits = SandboxLimits(wall_time_s=settings.code_wall_time_s, cpu_time_s=int(settings.code_wall_time_s))
+        manager = SandboxManager(settings.sandbox_dir, limits, allow_unsandboxed=settings.allow_unsandboxed_code)
+        return cls(svc, manager, None)
+
+    async def aclose(self) -> None:
+        if self.sandboxes is not None:
+            await self.sandboxes.aclose()
+
+    async def run(self, arguments: dict[str, Any], run: dict[str, Any]) -> ToolResult:
+        assert self.sandboxes is not None
+        code = str(arguments.get("code") or "")
+        inputs = await self._input_files(run)
+        try:
+            result = await self.sandboxes.execute(run["thread_id"], code, inputs)
+        except SandboxUnavailable as exc:
+            text = f"code_interpreter is unavailable: {exc}"
+            return ToolResult({"outputs": [{"type": "logs", "logs": text}]}, text)
+        outputs: list[dict[str, Any]] = []
+        logs = result.logs
+        if result.error and result.error not in logs:
+            logs = f"{logs}\n{result.error}" if logs else result.error
+        if logs:
+            outputs.append({"type": "logs", "logs": logs})
+        notes = []
+        for produced in result.files:
+            file_id = await self._store_output(produced.name, produced.data)
+            if produced.is_image:
+                outputs.append({"type": "image", "image": {"file_id": file_id}})
+                notes.append(f"[image {produced.name} shown to the user as {file_id}]")
+            else:
+                notes.append(f"[file /mnt/data/{produced.name} saved as {file_id}]")
+        text = "\n".join([logs[-_MODEL_OUTPUT_CHARS:] if logs else "(no output)", *notes])
+        return ToolResult({"outputs": outputs}, text)
+
+    async def _input_files(self, run: dict[str, Any]) -> list[InputFile]:
+        views = self.svc.views
+        ids: list[str] = []
+        for owner in (await views.get("assistant", run["assistant_id"]), await views.get("thread", run["thread_id"])):
+            resources = (owner or {}).get("tool_resources") or {}
+            ids += (resources.get("code_interpreter") or {}).get("file_ids") or []
+        messages = await views.list("message", parent_id=run["thread_id"], limit=100_000, order="asc")
+        for message in messages.data:
+            for attachment in message.get("attachments") or []:
+                if any(t.get("type") == "code_interpreter" for t in attachment.get("tools") or []):
+                    ids.append(attachment["file_id"])
+        files = []
+        for file_id in dict.fromkeys(ids):
+            doc = await views.get("file", file_id)
+            path = self.svc.settings.files_dir / file_id
+            if doc is not None and path.exists():
+                data = await anyio.to_thread.run_sync(path.read_bytes)
+                files.append(InputFile(name=os.path.basename(doc["filename"]), data=data))
+        return files
+
+    async def _store_output(self, name: str, data: bytes) -> str:
+        file_id = new_id("file-")
+        directory = self.svc.settings.files_dir
+        directory.mkdir(parents=True, exist_ok=True)
+
+        def write() -> None:
+            tmp = directory / f"{file_id}.part"
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, directory / file_id)
+
+        await anyio.to_thread.run_sync(write)
+        obj = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "expires_at": None,
+            "filename": f"/mnt/data/{name}",
+            "purpose": "assistants_output",
+            "status": "processed",
+            "status_details": None,
+        }
+        await self.svc.store.append(file_id, [NewEvent("file.created", obj)], expected_version=0)
+        return file_id

@@ -1,0 +1,246 @@
+"""Vector stores: ingestion in the background, search, and the file_search tool for runs.
+
+Every state change (store created, file added, ingestion completed or failed, ...) is an
+event in the log; chunks and embeddings live in LanceDB, one table per store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import anyio
+
+from events.records import NewEvent
+from server.ids import new_id
+from server.runs.engine import ToolResult
+from server.services import Services
+
+__all__ = ["VectorStores", "vector_store_object", "vs_file_object"]
+
+logger = logging.getLogger("threadlog.vector_stores")
+
+
+def vs_file_object(vector_store_id: str, file_id: str, chunking: dict[str, Any], attributes: Any) -> dict[str, Any]:
+    return {
+        "id": file_id,
+        "object": "vector_store.file",
+        "usage_bytes": 0,
+        "created_at": int(time.time()),
+        "vector_store_id": vector_store_id,
+        "status": "in_progress",
+        "last_error": None,
+        "chunking_strategy": chunking,
+        "attributes": attributes or {},
+    }
+
+
+def static_chunking(strategy: dict[str, Any] | None, auto: tuple[int, int]) -> dict[str, Any]:
+    """The strategy as shown on a vector store file: `auto` becomes the static sizes it means."""
+    if strategy and strategy.get("type") == "static":
+        static = strategy.get("static") or {}
+        size = int(static.get("max_chunk_size_tokens", 800))
+        overlap = int(static.get("chunk_overlap_tokens", 400))
+        return {"type": "static", "static": {"max_chunk_size_tokens": size, "chunk_overlap_tokens": overlap}}
+    return {"type": "static", "static": {"max_chunk_size_tokens": auto[0], "chunk_overlap_tokens": auto[1]}}
+
+
+async def vector_store_object(svc: Services, doc: dict[str, Any]) -> dict[str, Any]:
+    """A store with its derived parts (file counts, usage, status) computed from its files."""
+    files = await svc.views.list("vector_store_file", parent_id=doc["id"], limit=100_000)
+    counts = {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0}
+    usage = 0
+    for f in files.data:
+        counts[f["status"]] = counts.get(f["status"], 0) + 1
+        counts["total"] += 1
+        usage += int(f.get("usage_bytes") or 0)
+    status = "in_progress" if counts["in_progress"] else "completed"
+    if doc.get("expires_at") and doc["expires_at"] <= time.time():
+        status = "expired"
+    return {**doc, "file_counts": counts, "usage_bytes": usage, "status": status}
+
+
+class VectorStores:
+    """Owns ingestion tasks and the LanceDB index."""
+
+    def __init__(self, svc: Services, index: Any, auto_chunking: tuple[int, int]) -> None:
+        self.svc = svc
+        self.index = index
+        self.auto_chunking = auto_chunking
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._limit = asyncio.Semaphore(2)
+
+    def new_id(self) -> str:
+        return new_id("vs_")
+
+    async def create(
+        self,
+        store_id: str,
+        *,
+        name: str | None = None,
+        file_ids: list[str] | None = None,
+        chunking: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+        expires_after: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        created = int(time.time())
+        doc = {
+            "id": store_id,
+            "object": "vector_store",
+            "created_at": created,
+            "name": name,
+            "usage_bytes": 0,
+            "file_counts": {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0},
+            "status": "completed",
+            "expires_after": expires_after,
+            "expires_at": created + int(expires_after["days"]) * 86400 if expires_after else None,
+            "last_active_at": created,
+            "metadata": metadata or {},
+        }
+        events = [NewEvent("vector_store.created", doc)]
+        strategy = static_chunking(chunking, self.auto_chunking)
+        for file_id in file_ids or []:
+            events.append(NewEvent("vector_store.file.created", vs_file_object(store_id, file_id, strategy, None)))
+        await self.svc.store.append(store_id, events, expected_version=0)
+        for file_id in file_ids or []:
+            self.ingest(store_id, file_id)
+        return doc
+
+    async def add_file(
+        self, store_id: str, file_id: str, chunking: dict[str, Any] | None, attributes: Any
+    ) -> dict[str, Any]:
+        obj = vs_file_object(store_id, file_id, static_chunking(chunking, self.auto_chunking), attributes)
+        await self.svc.store.append(store_id, [NewEvent("vector_store.file.created", obj)])
+        self.ingest(store_id, file_id)
+        return obj
+
+    def ingest(self, store_id: str, file_id: str) -> None:
+        task = asyncio.create_task(self._ingest(store_id, file_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ingest(self, store_id: str, file_id: str) -> None:
+        from server.retrieval.chunking import chunk_text
+        from server.retrieval.parse import InvalidFile, UnsupportedFile, extract_text
+        from server.routes.files import file_path
+
+        async with self._limit:
+            current = await self.svc.views.get("vector_store_file", f"{store_id}/{file_id}")
+            if current is None or current["status"] != "in_progress":
+                return
+            file = await self.svc.views.get("file", file_id)
+            error: dict[str, str] | None = None
+            usage = 0
+            try:
+                if file is None:
+                    raise InvalidFile("the file was deleted")
+                data = await anyio.to_thread.run_sync(file_path(self.svc, file_id).read_bytes)
+                text = await anyio.to_thread.run_sync(extract_text, file["filename"], data)
+                static = current["chunking_strategy"]["static"]
+                chunks = await anyio.to_thread.run_sync(
+                    lambda: chunk_text(text, static["max_chunk_size_tokens"], static["chunk_overlap_tokens"])
+                )
+                await self.index.add_file(store_id, file_id, file["filename"], chunks, current.get("attributes"))
+                usage = sum(len(c.text.encode()) for c in chunks) + len(chunks) * 384 * 4
+            except UnsupportedFile as exc:
+                error = {"code": "unsupported_file", "message": str(exc) or "This file type is not supported."}
+            except InvalidFile as exc:
+                error = {"code": "invalid_file", "message": str(exc) or "The file could not be parsed."}
+            except Exception as exc:  # one bad file must not harm the others
+                logger.exception("ingesting %s into %s failed", file_id, store_id)
+                error = {"code": "server_error", "message": f"Ingestion failed: {exc}"}
+            latest = await self.svc.views.get("vector_store_file", f"{store_id}/{file_id}")
+            if latest is None or latest["status"] != "in_progress":
+                await self.index.remove_file(store_id, file_id)  # removed or cancelled meanwhile
+                return
+            if error is None:
+                done = {**latest, "status": "completed", "usage_bytes": usage}
+                await self.svc.store.append(store_id, [NewEvent("vector_store.file.completed", done)])
+            else:
+                failed = {**latest, "status": "failed", "last_error": error}
+                await self.svc.store.append(store_id, [NewEvent("vector_store.file.failed", failed)])
+
+    async def recover(self) -> None:
+        """Files whose ingestion a restart interrupted are ingested again."""
+        for doc in await self.svc.views.all_of_kind("vector_store_file", ("in_progress",)):
+            self.ingest(doc["vector_store_id"], doc["id"])
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def search(
+        self,
+        store_ids: list[str],
+        query: str,
+        *,
+        max_num_results: int = 20,
+        score_threshold: float = 0.0,
+        filters: dict[str, Any] | None = None,
+        ranker: str = "auto",
+    ) -> list[Any]:
+        now = int(time.time())
+        for store_id in store_ids:
+            await self.svc.store.append(
+                store_id, [NewEvent("vector_store.updated", {"id": store_id, "last_active_at": now})]
+            )
+        return list(
+            await self.index.search(
+                store_ids,
+                query,
+                max_num_results=max_num_results,
+                score_threshold=score_threshold,
+                filters=filters,
+                ranker=ranker,
+            )
+        )
+
+    # -- the file_search tool ----------------------------------------------------------------
+
+    async def file_search_tool(self, arguments: dict[str, Any], run: dict[str, Any], call_index: int) -> ToolResult:
+        query = str(arguments.get("query") or "")
+        tool = next((t for t in run["tools"] if t["type"] == "file_search"), {})
+        options = tool.get("file_search") or {}
+        ranking = options.get("ranking_options") or {"ranker": "auto", "score_threshold": 0.0}
+        ranking = {"ranker": ranking.get("ranker", "auto"), "score_threshold": ranking.get("score_threshold", 0.0)}
+        store_ids = await self._run_store_ids(run)
+        hits = []
+        if store_ids and query:
+            hits = await self.search(
+                store_ids,
+                query,
+                max_num_results=int(options.get("max_num_results") or 20),
+                score_threshold=float(ranking["score_threshold"]),
+            )
+        results = []
+        lines = []
+        citations: dict[str, str] = {}
+        for i, hit in enumerate(hits):
+            marker = f"【{call_index}:{i}†{hit.filename}】"
+            citations[marker] = hit.file_id
+            lines.append(f"{marker}\n{hit.content}")
+            results.append(
+                {
+                    "file_id": hit.file_id,
+                    "file_name": hit.filename,
+                    "score": round(float(hit.score), 6),
+                    "content": [{"type": "text", "text": hit.content}],
+                }
+            )
+        output = "\n\n".join(lines) if lines else "No results found."
+        summary = [{k: v for k, v in r.items() if k != "content"} for r in results]
+        details = {"ranking_options": ranking, "results": summary, "full_results": results}
+        return ToolResult(details, output, citations)
+
+    async def _run_store_ids(self, run: dict[str, Any]) -> list[str]:
+        ids: list[str] = []
+        assistant = await self.svc.views.get("assistant", run["assistant_id"])
+        thread = await self.svc.views.get("thread", run["thread_id"])
+        for owner in (assistant, thread):
+            resources = (owner or {}).get("tool_resources") or {}
+            ids += (resources.get("file_search") or {}).get("vector_store_ids") or []
+        return [i for i in dict.fromkeys(ids) if await self.svc.views.get("vector_store", i) is not None]
