@@ -114,6 +114,15 @@ class ViewReader:
             rows = await cur.fetchall()
         return [json.loads(row[0]) for row in rows]
 
+    async def with_id_suffix(self, kind: str, suffix: str) -> list[Doc]:
+        """Views whose composite id ends with `suffix` (a file's entries in every vector store)."""
+        async with self._conn.execute(
+            "SELECT doc FROM views WHERE kind = ? AND substr(id, -length(?)) = ? ORDER BY ordinal",
+            (kind, suffix, suffix),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [json.loads(row[0]) for row in rows]
+
     async def all_of_kind(self, kind: str, statuses: tuple[str, ...]) -> list[Doc]:
         marks = ",".join("?" for _ in statuses)
         sql = f"SELECT doc FROM views WHERE kind = ? AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"

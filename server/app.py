@@ -103,6 +103,7 @@ def _vector_stores(svc: Services) -> Any:
     index = VectorIndex(svc.settings.vector_uri, embedder_from_env(svc.settings.env))
     stores = VectorStores(svc, index, AUTO_CHUNKING)
     svc.extras["vector_stores"] = stores
+    svc.extras["on_file_deleted"] = stores.remove_file_everywhere
     return stores
 
 

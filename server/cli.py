@@ -46,10 +46,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from server.app import create_app
-
     try:
         settings = Settings.from_env(
             host=args.host,
@@ -61,6 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"threadlog: {exc}", file=sys.stderr)
         return 2
+    import uvicorn  # after the settings check, so a refused start is prompt
+
+    from server.app import create_app
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
         create_app(settings),

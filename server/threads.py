@@ -7,8 +7,10 @@ that version expected, so two racing requests cannot both pass the check.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from events.records import NewEvent, StoredEvent
@@ -51,16 +53,44 @@ async def append_decided(
 ) -> list[StoredEvent]:
     """Read the stream version, decide (may raise APIError), append expecting that version.
 
-    On a lost race the decision is made again on fresh state.
+    Decisions on one stream take turns in this process, so concurrent requests on one
+    thread (say, many messages added at once) do not keep invalidating each other's
+    expected version; on a race lost to an append made outside this path, the decision
+    is made again on fresh state. `decide` must not itself call `append_decided` on the
+    same stream.
     """
-    for _ in range(attempts):
-        version = await svc.store.stream_version(stream_id)
-        events = await decide(version)
-        try:
-            return await svc.store.append(stream_id, events, expected_version=version)
-        except ConcurrencyError:
-            continue
+    locks: _StreamLocks = svc.extras.setdefault("stream_decision_locks", _StreamLocks())
+    async with locks.hold(stream_id):
+        for _ in range(attempts):
+            version = await svc.store.stream_version(stream_id)
+            events = await decide(version)
+            try:
+                return await svc.store.append(stream_id, events, expected_version=version)
+            except ConcurrencyError:
+                continue
     raise APIError(409, "The thread changed too often while handling this request; try again.")
+
+
+class _StreamLocks:
+    """One asyncio lock per stream with waiters, dropped when the last holder leaves."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, stream_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(stream_id, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[stream_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._locks[stream_id]
+            if users == 1:
+                del self._locks[stream_id]
+            else:
+                self._locks[stream_id] = (lock, users - 1)
 
 
 def message_object(
@@ -118,3 +148,16 @@ async def check_attachments(svc: Services, messages: list[CreateMessage], param:
                         f"No file found with id '{part.image_file.file_id}'.",
                         f"{param}[{i}].content[{j}].image_file.file_id",
                     )
+
+
+async def attach_search_files(svc: Services, thread_id: str, messages: list[CreateMessage]) -> None:
+    """Files attached for file_search join the thread's vector store (created on first use)."""
+    file_ids = [
+        a.file_id
+        for m in messages
+        for a in m.attachments or []
+        if any(t.type == "file_search" for t in a.tools)
+    ]
+    stores = svc.extras.get("vector_stores")
+    if file_ids and stores is not None:
+        await stores.attach_for_search(thread_id, file_ids)

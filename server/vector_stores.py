@@ -7,6 +7,7 @@ event in the log; chunks and embeddings live in LanceDB, one table per store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -71,6 +72,7 @@ class VectorStores:
         self.auto_chunking = auto_chunking
         self._tasks: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(2)
+        self._ingested = asyncio.Condition()
 
     def new_id(self) -> str:
         return new_id("vs_")
@@ -122,6 +124,55 @@ class VectorStores:
         task.add_done_callback(self._tasks.discard)
 
     async def _ingest(self, store_id: str, file_id: str) -> None:
+        try:
+            await self._ingest_one(store_id, file_id)
+        finally:
+            async with self._ingested:
+                self._ingested.notify_all()
+
+    async def wait_ready(self, store_ids: list[str], timeout: float = 120.0) -> None:
+        """Runs search only once the stores' files are ingested, as OpenAI's runs wait too."""
+
+        async def pending() -> bool:
+            for store_id in store_ids:
+                if await self.svc.views.find("vector_store_file", store_id, ("in_progress",)):
+                    return True
+            return False
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while await pending():
+                    async with self._ingested:
+                        await self._ingested.wait()
+
+    async def remove_file_everywhere(self, file_id: str) -> None:
+        """A deleted file leaves every store it was in, chunks included."""
+        for doc in await self.svc.views.with_id_suffix("vector_store_file", f"/{file_id}"):
+            await self.svc.store.append(doc["vector_store_id"], [NewEvent("vector_store.file.deleted", doc)])
+            await self.index.remove_file(doc["vector_store_id"], file_id)
+
+    async def attach_for_search(self, thread_id: str, file_ids: list[str]) -> None:
+        """Message attachments for file_search go into the thread's store, made on first use."""
+        if not file_ids:
+            return
+        thread = await self.svc.views.get("thread", thread_id)
+        if thread is None:
+            return
+        resources = dict(thread.get("tool_resources") or {})
+        store_ids = list((resources.get("file_search") or {}).get("vector_store_ids") or [])
+        if not store_ids:
+            store_id = self.new_id()
+            await self.create(store_id, name=f"thread {thread_id}", expires_after={"anchor": "last_active_at", "days": 7})
+            resources["file_search"] = {"vector_store_ids": [store_id]}
+            await self.svc.store.append(
+                thread_id, [NewEvent("thread.updated", {"id": thread_id, "tool_resources": resources})]
+            )
+            store_ids = [store_id]
+        for file_id in dict.fromkeys(file_ids):
+            if await self.svc.views.get("vector_store_file", f"{store_ids[0]}/{file_id}") is None:
+                await self.add_file(store_ids[0], file_id, None, None)
+
+    async def _ingest_one(self, store_id: str, file_id: str) -> None:
         from server.retrieval.chunking import chunk_text
         from server.retrieval.parse import InvalidFile, UnsupportedFile, extract_text
         from server.routes.files import file_path
@@ -210,6 +261,7 @@ class VectorStores:
         store_ids = await self._run_store_ids(run)
         hits = []
         if store_ids and query:
+            await self.wait_ready(store_ids)
             hits = await self.search(
                 store_ids,
                 query,

@@ -58,6 +58,7 @@ async def modify_assistant(request: Request) -> JSONResponse:
     await svc.get_or_404("assistant", assistant_id)
     body = await parse_body(request, ModifyAssistant)
     changes: dict[str, Any] = {}
+    setup: Any = None
     for name in body.model_fields_set:
         value = getattr(body, name)
         if name == "tools":
@@ -65,7 +66,6 @@ async def modify_assistant(request: Request) -> JSONResponse:
             changes["tools"] = [tool_json(t) for t in value or []]
         elif name == "tool_resources":
             resources, setup = await resolve_tool_resources(svc, value, owner_id=assistant_id)
-            await setup()
             changes["tool_resources"] = resources
         elif name == "metadata":
             changes["metadata"] = value or {}
@@ -77,6 +77,8 @@ async def modify_assistant(request: Request) -> JSONResponse:
             continue
         else:
             changes[name] = value
+    if setup is not None:  # only once every field is known to be valid: a refused request creates nothing
+        await setup()
     if changes:
         await svc.store.append(assistant_id, [NewEvent("assistant.updated", {"id": assistant_id, **changes})])
     return JSONResponse(await svc.get_or_404("assistant", assistant_id))

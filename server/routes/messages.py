@@ -11,7 +11,14 @@ from server.errors import bad_request, not_found
 from server.http import list_params, parse_body
 from server.models.threads import CreateMessage, ModifyMessage
 from server.services import Services, services
-from server.threads import active_run, append_decided, check_attachments, message_object, require_thread
+from server.threads import (
+    active_run,
+    append_decided,
+    attach_search_files,
+    check_attachments,
+    message_object,
+    require_thread,
+)
 
 __all__ = ["routes"]
 
@@ -39,6 +46,7 @@ async def create_message(request: Request) -> JSONResponse:
         return [NewEvent("thread.message.created", message)]
 
     await append_decided(svc, thread_id, decide)
+    await attach_search_files(svc, thread_id, [body])
     return JSONResponse(message)
 
 

@@ -15,7 +15,14 @@ from server.http import parse_body
 from server.ids import new_id
 from server.models.threads import CreateThread, ModifyThread
 from server.services import Services, services
-from server.threads import active_run, append_decided, check_attachments, message_object, require_thread
+from server.threads import (
+    active_run,
+    append_decided,
+    attach_search_files,
+    check_attachments,
+    message_object,
+    require_thread,
+)
 from server.tool_resources import resolve_tool_resources
 
 __all__ = ["create_thread_events", "routes"]
@@ -47,7 +54,8 @@ async def create_thread(request: Request) -> JSONResponse:
     thread_id, events, setup = await create_thread_events(svc, body)
     await setup()
     await svc.store.append(thread_id, events, expected_version=0)
-    return JSONResponse(events[0].data)
+    await attach_search_files(svc, thread_id, body.messages or [])
+    return JSONResponse(await require_thread(svc, thread_id))
 
 
 async def retrieve_thread(request: Request) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
+import anyio
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -190,6 +191,45 @@ async def retrieve_store_file(request: Request) -> JSONResponse:
     return JSONResponse(await _store_file_or_404(svc, p["vs_id"], p["file_id"]))
 
 
+class UpdateVectorStoreFile(Body):
+    attributes: dict[str, str | float | bool] | None = Field(max_length=16)
+
+
+async def update_store_file(request: Request) -> JSONResponse:
+    svc = services(request)
+    p = request.path_params
+    doc = await _store_file_or_404(svc, p["vs_id"], p["file_id"])
+    body = await parse_body(request, UpdateVectorStoreFile)
+    attributes = body.attributes or {}
+    await svc.store.append(p["vs_id"], [NewEvent("vector_store.file.updated", {**_key(doc), "attributes": attributes})])
+    if doc["status"] == "completed":
+        await _stores(svc).index.update_attributes(p["vs_id"], p["file_id"], attributes)
+    return JSONResponse(await _store_file_or_404(svc, p["vs_id"], p["file_id"]))
+
+
+def _key(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"id": doc["id"], "vector_store_id": doc["vector_store_id"]}
+
+
+async def store_file_content(request: Request) -> JSONResponse:
+    """The parsed text of a file as the store indexed it."""
+    from server.retrieval.parse import extract_text
+    from server.routes.files import file_path
+
+    svc = services(request)
+    p = request.path_params
+    await _store_file_or_404(svc, p["vs_id"], p["file_id"])
+    file = await svc.get_or_404("file", p["file_id"])
+    try:
+        text = await anyio.to_thread.run_sync(extract_text, file["filename"], file_path(svc, p["file_id"]).read_bytes())
+    except Exception as exc:
+        raise bad_request(f"The file's content could not be extracted: {exc}") from exc
+    return JSONResponse(
+        {"object": "vector_store.file_content.page", "data": [{"type": "text", "text": text}],
+         "has_more": False, "next_page": None}
+    )
+
+
 async def delete_store_file(request: Request) -> JSONResponse:
     svc = services(request)
     p = request.path_params
@@ -350,7 +390,9 @@ routes = [
     Route("/v1/vector_stores/{vs_id}/files", create_store_file, methods=["POST"]),
     Route("/v1/vector_stores/{vs_id}/files", list_store_files, methods=["GET"]),
     Route("/v1/vector_stores/{vs_id}/files/{file_id}", retrieve_store_file, methods=["GET"]),
+    Route("/v1/vector_stores/{vs_id}/files/{file_id}", update_store_file, methods=["POST"]),
     Route("/v1/vector_stores/{vs_id}/files/{file_id}", delete_store_file, methods=["DELETE"]),
+    Route("/v1/vector_stores/{vs_id}/files/{file_id}/content", store_file_content, methods=["GET"]),
     Route("/v1/vector_stores/{vs_id}/file_batches", create_batch, methods=["POST"]),
     Route("/v1/vector_stores/{vs_id}/file_batches/{batch_id}", retrieve_batch, methods=["GET"]),
     Route("/v1/vector_stores/{vs_id}/file_batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),

@@ -1,0 +1,200 @@
+"""The host side of a session's /mnt/data: inputs in, changed files out.
+
+Everything in the data directory was possibly written by untrusted code, so
+the host never follows a symlink there: paths are opened component by
+component relative to a directory fd with O_NOFOLLOW, and only regular files
+are read. Without that, `os.symlink("/etc/shadow", "/mnt/data/x")` would make
+the (possibly root) server read and return a host file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from .results import InputFile, OutputFile, is_image_name
+
+# Bounds on what one call can hand back, so a loop writing 10^5 files cannot
+# stall the server or flood the API.
+MAX_SCAN_ENTRIES = 10_000
+MAX_OUTPUT_FILES = 50
+MAX_OUTPUT_TOTAL_BYTES = 512 << 20
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What tells a changed file from an unchanged one without reading it."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+
+Snapshot = dict[str, FileStamp]
+
+
+def validate_input_name(name: str) -> str:
+    """Input files land directly in /mnt/data: a plain name, no directories."""
+    if not name or name in {".", ".."} or "/" in name or "\x00" in name or len(name.encode()) > 255:
+        raise ValueError(f"invalid input file name: {name!r}")
+    return name
+
+
+def prepare_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> None:
+    """Create the session's data dir and hand it (and its content) to the sandbox uid.
+
+    Ownership is only changed when it differs, so a warm restart costs one
+    stat. lchown never follows the links the sandbox may have planted.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    if owner is None:
+        return
+    uid, gid = owner
+    st = os.lstat(data_dir)
+    if (st.st_uid, st.st_gid) == (uid, gid):
+        return
+    os.lchown(data_dir, uid, gid)
+    for root, dirs, files in os.walk(data_dir, followlinks=False):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                os.lchown(os.path.join(root, name), uid, gid)
+
+
+def write_inputs(data_dir: Path, inputs: list[InputFile], owner: tuple[int, int] | None) -> None:
+    """Place input files, skipping those already present with the same bytes."""
+    if not inputs:
+        return
+    dir_fd = os.open(data_dir, _DIR_FLAGS)
+    try:
+        for item in inputs:
+            name = validate_input_name(item.name)
+            existing = _read_regular(dir_fd, name, len(item.data))
+            if existing == item.data:
+                continue
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                raise ValueError(f"/mnt/data/{name} is a directory") from None
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+            )
+            try:
+                view = memoryview(item.data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if owner is not None:
+                    os.fchown(fd, *owner)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(dir_fd)
+
+
+def snapshot(data_dir: Path) -> Snapshot:
+    """Stamp every regular file under data_dir (symlinks are not followed)."""
+    result: Snapshot = {}
+    stack = [""]
+    seen = 0
+    while stack and seen < MAX_SCAN_ENTRIES:
+        rel = stack.pop()
+        try:
+            entries = list(os.scandir(data_dir / rel if rel else data_dir))
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(name)
+            elif stat.S_ISREG(st.st_mode):
+                result[name] = FileStamp(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return result
+
+
+def changed_files(before: Snapshot, after: Snapshot) -> list[str]:
+    """Names of files that are new or whose stamp changed, oldest change first."""
+    names = [name for name, stamp in after.items() if before.get(name) != stamp]
+    names.sort(key=lambda name: (after[name].mtime_ns, name))
+    return names
+
+
+def collect_outputs(data_dir: Path, names: list[str], max_file_bytes: int) -> tuple[list[OutputFile], list[str]]:
+    """Read changed files safely; returns (files, human-readable notes on what was skipped)."""
+    files: list[OutputFile] = []
+    notes: list[str] = []
+    total = 0
+    for name in names:
+        if len(files) >= MAX_OUTPUT_FILES:
+            notes.append(f"[{len(names) - len(files)} more changed files in /mnt/data were not returned]")
+            break
+        data = read_data_file(data_dir, name, max_file_bytes)
+        if data is None:
+            continue
+        if total + len(data) > MAX_OUTPUT_TOTAL_BYTES:
+            notes.append(f"[/mnt/data/{name} was not returned: output files exceed {MAX_OUTPUT_TOTAL_BYTES} bytes]")
+            continue
+        total += len(data)
+        files.append(OutputFile(name=name, data=data, is_image=is_image_name(name)))
+    return files, notes
+
+
+def read_data_file(data_dir: Path, name: str, max_bytes: int) -> bytes | None:
+    """Read data_dir/name without following any symlink; None if not a regular file."""
+    parts = name.split("/")
+    if any(part in {"", ".", ".."} for part in parts):
+        return None
+    try:
+        dir_fd = os.open(data_dir, _DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        return _read_regular(dir_fd, parts[-1], max_bytes)
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+
+
+def _read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes | None:
+    """Read a regular file of at most max_bytes in dir_fd; None otherwise."""
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EACCES):
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        chunks: list[bytes] = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        return None if len(data) > max_bytes else data
+    finally:
+        os.close(fd)

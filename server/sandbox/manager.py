@@ -1,0 +1,308 @@
+"""SandboxManager: one persistent sandboxed kernel per thread, and their lifecycle.
+
+A session is keyed by the thread id. Its kernel starts on the first call and
+keeps variables until it is closed, times out, dies or sits idle past
+`idle_expiry_s`; its files live on in `work_root/<session_id>/data`, which is
+the sandbox's /mnt/data. Calls on one session are serialised; calls on
+different sessions run concurrently. Blocking file work runs in threads so
+the event loop never stalls on a large input or output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import files as datafiles
+from .launch import (
+    Mode,
+    build_launch,
+    count_user_tasks,
+    overlaps_sandbox_binds,
+    preferred_mode,
+    probe,
+    session_uid,
+)
+from .limits import SandboxLimits
+from .process import CallOutcome, KernelProcess, KernelStartError
+from .results import ExecutionResult, InputFile, OutputFile, SandboxUnavailable
+
+log = logging.getLogger(__name__)
+
+SESSION_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
+MAX_EXPIRY_NOTES = 10_000
+
+
+def sandbox_status(allow_unsandboxed: bool = False) -> str | None:
+    """None if code can be run; otherwise a reason to show when code_interpreter is requested.
+
+    Probes by starting a throwaway sandbox once (cached), so a missing bwrap,
+    blocked user namespaces or missing privileges are reported before a run
+    needs them.
+    """
+    reason = probe(preferred_mode())
+    if reason is None or allow_unsandboxed:
+        return None
+    return reason
+
+
+@dataclass
+class _Session:
+    session_id: str
+    data_dir: Path
+    uid: int | None  # host uid of the sandbox in privileged mode
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    kernel: KernelProcess | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    restart_note: str | None = None  # why variables were lost, told on the next call
+    closed: bool = False
+
+
+class SandboxManager:
+    """Runs model-written Python per thread in bubblewrap sandboxes."""
+
+    def __init__(
+        self,
+        work_root: Path,
+        limits: SandboxLimits = SandboxLimits(),  # noqa: B008 - frozen, so sharing the default is safe
+        allow_unsandboxed: bool = False,
+    ) -> None:
+        self.work_root = Path(os.path.abspath(work_root))
+        self.limits = limits
+        self.allow_unsandboxed = allow_unsandboxed
+        self._sessions: dict[str, _Session] = {}
+        self._expired: OrderedDict[str, str] = OrderedDict()
+        self._mode: Mode | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- public API -------------------------------------------------------
+    async def execute(self, session_id: str, code: str, input_files: Sequence[InputFile] = ()) -> ExecutionResult:
+        """Run `code` in the session's kernel and report output, files and errors.
+
+        Raises SandboxUnavailable when no sandbox can be started (and the
+        operator did not allow running unsandboxed), ValueError for a bad
+        session id or input file name.
+        """
+        if self._closed:
+            raise RuntimeError("SandboxManager is closed")
+        if not SESSION_ID.fullmatch(session_id):
+            raise ValueError(f"invalid session id: {session_id!r}")
+        for item in input_files:
+            datafiles.validate_input_name(item.name)
+        mode = await self._ensure_mode()
+        self._ensure_reaper()
+        started = time.perf_counter()
+        while True:
+            session = self._session(session_id, mode)
+            async with session.lock:
+                if session.closed:
+                    continue  # closed while we waited: take a fresh one
+                session.last_used = time.monotonic()
+                try:
+                    return await self._run(session, mode, code, list(input_files), started)
+                finally:
+                    session.last_used = time.monotonic()
+
+    async def close_session(self, session_id: str) -> None:
+        """Stop the session's processes now (a running call ends with an error); files stay on disk."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            await self._shutdown(session)
+
+    async def aclose(self) -> None:
+        """Kill every session's process tree and stop the idle reaper."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        await asyncio.gather(*(self._shutdown(s) for s in sessions), return_exceptions=True)
+
+    # --- sessions ---------------------------------------------------------
+    def _session(self, session_id: str, mode: Mode) -> _Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            uid = None
+            if mode == "privileged":
+                taken = {s.uid for s in self._sessions.values() if s.uid is not None}
+                uid = session_uid(f"{self.work_root}/{session_id}", taken)
+            session = _Session(session_id, self.work_root / session_id / "data", uid)
+            session.restart_note = self._expired.pop(session_id, None)
+            self._sessions[session_id] = session
+        return session
+
+    async def _shutdown(self, session: _Session) -> None:
+        session.closed = True
+        kernel, session.kernel = session.kernel, None
+        if kernel is not None:
+            await kernel.kill()
+            await kernel.drain_pump(0.5)
+
+    async def _ensure_mode(self) -> Mode:
+        if self._mode is not None:
+            return self._mode
+        preferred = preferred_mode()
+        reason = await asyncio.to_thread(probe, preferred)
+        if reason is None:
+            bound = overlaps_sandbox_binds(self.work_root)
+            if bound is not None:
+                raise SandboxUnavailable(
+                    f"work_root {self.work_root} overlaps {bound}, which every sandbox can read; move it elsewhere"
+                )
+            self._mode = preferred
+        elif self.allow_unsandboxed:
+            log.warning("code_interpreter runs UNSANDBOXED (operator opt-in): %s", reason)
+            self._mode = "unsandboxed"
+        else:
+            raise SandboxUnavailable(reason)
+        return self._mode
+
+    def _ensure_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_idle())
+
+    async def _reap_idle(self) -> None:
+        """Shut down kernels idle past idle_expiry_s; their files stay."""
+        idle = self.limits.idle_expiry_s
+        interval = min(30.0, max(0.05, idle / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for session_id, session in list(self._sessions.items()):
+                if session.lock.locked() or now - session.last_used < idle:
+                    continue
+                async with session.lock:
+                    if session.closed or time.monotonic() - session.last_used < idle:
+                        continue
+                    if self._sessions.get(session_id) is session:
+                        del self._sessions[session_id]
+                    if session.kernel is not None:
+                        self._expired[session_id] = f"it was idle for more than {idle:g}s"
+                        while len(self._expired) > MAX_EXPIRY_NOTES:
+                            self._expired.popitem(last=False)
+                    await self._shutdown(session)
+
+    async def _start_kernel(self, session: _Session, mode: Mode) -> KernelProcess:
+        owner = (session.uid, session.uid) if session.uid is not None else None
+        extra = 0
+        if mode != "privileged":
+            extra = await asyncio.to_thread(count_user_tasks, os.getuid())
+        await asyncio.to_thread(self._prepare_dirs, session.data_dir, owner)
+        spec = build_launch(
+            mode,
+            data_dir=session.data_dir,
+            uid=session.uid,
+            tmpfs_bytes=self.limits.tmpfs_bytes,
+            kernel_config={"rlimits": self.limits.kernel_rlimits(extra)},
+        )
+        try:
+            return await KernelProcess.start(spec)
+        except KernelStartError as exc:
+            if mode == "unsandboxed":
+                raise RuntimeError(str(exc)) from exc
+            raise SandboxUnavailable(str(exc)) from exc
+
+    def _prepare_dirs(self, data_dir: Path, owner: tuple[int, int] | None) -> None:
+        self.work_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data_dir.parent.mkdir(exist_ok=True, mode=0o700)
+        datafiles.prepare_data_dir(data_dir, owner)
+
+    # --- one call ---------------------------------------------------------
+    async def _run(
+        self, session: _Session, mode: Mode, code: str, inputs: list[InputFile], started: float
+    ) -> ExecutionResult:
+        prefix = ""
+        if session.kernel is None or not session.kernel.alive:
+            if session.kernel is not None and session.restart_note is None:
+                session.restart_note = "its process ended"
+            session.kernel = await self._start_kernel(session, mode)
+            if session.restart_note:
+                prefix = (
+                    f"[The Python session was restarted because {session.restart_note}; "
+                    "variables from earlier calls are gone, files in /mnt/data are kept.]\n"
+                )
+                session.restart_note = None
+        kernel = session.kernel
+        owner = (session.uid, session.uid) if session.uid is not None else None
+        before = await asyncio.to_thread(self._before_call, session.data_dir, inputs, owner)
+        try:
+            outcome = await kernel.execute(code, self.limits)
+        except asyncio.CancelledError:
+            session.restart_note = "the previous call was cancelled"
+            raise
+        error, note = self._interpret(session, outcome)
+        files, file_notes = await asyncio.to_thread(self._after_call, session.data_dir, before)
+        files = self._figures(outcome) + files
+        for line in [note, *file_notes]:
+            if line:
+                outcome.collector.append_note(line)
+        logs = prefix + outcome.collector.text()
+        return ExecutionResult(logs=logs, files=files, error=error, duration_s=time.perf_counter() - started)
+
+    def _before_call(
+        self, data_dir: Path, inputs: list[InputFile], owner: tuple[int, int] | None
+    ) -> datafiles.Snapshot:
+        datafiles.write_inputs(data_dir, inputs, owner)
+        return datafiles.snapshot(data_dir)
+
+    def _after_call(self, data_dir: Path, before: datafiles.Snapshot) -> tuple[list[OutputFile], list[str]]:
+        names = datafiles.changed_files(before, datafiles.snapshot(data_dir))
+        return datafiles.collect_outputs(data_dir, names, self.limits.file_size_bytes)
+
+    def _interpret(self, session: _Session, outcome: CallOutcome) -> tuple[str | None, str | None]:
+        """The call's error line and a note for the logs when the kernel was lost."""
+        wall = f"{self.limits.wall_time_s:g}"
+        if outcome.outcome == "ok":
+            error = outcome.reply.get("error")
+            return (str(error) if error is not None else None), None
+        session.kernel = None
+        if session.closed:
+            return "Session was closed", "[The session was closed while this call ran.]"
+        if outcome.outcome == "timeout":
+            session.restart_note = "the previous call timed out"
+            return (
+                f"Execution timed out after {wall}s",
+                f"[Execution timed out after {wall}s; the Python process was stopped. "
+                "Variables are lost; files in /mnt/data are kept.]",
+            )
+        session.restart_note = "the previous call crashed it"
+        detail = outcome.exit_detail
+        if "SIGKILL" in detail or "SIGSEGV" in detail or "SIGABRT" in detail:
+            error = f"Python process died ({detail}); possibly the memory limit was exceeded"
+        else:
+            error = f"Python process died unexpectedly ({detail})"
+        return error, f"[{error}. Variables are lost; files in /mnt/data are kept.]"
+
+    @staticmethod
+    def _figures(outcome: CallOutcome) -> list[OutputFile]:
+        """PNG figures the kernel captured from plt.show() (or left open at the end)."""
+        figures: list[OutputFile] = []
+        images = outcome.reply.get("images") if outcome.outcome == "ok" else None
+        if not isinstance(images, list):
+            return figures
+        for item in images:
+            if not isinstance(item, dict):
+                continue
+            name, data = item.get("name"), item.get("data")
+            if not isinstance(name, str) or not isinstance(data, str):
+                continue
+            try:
+                png = base64.b64decode(data, validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            figures.append(OutputFile(name=os.path.basename(name), data=png, is_image=True))
+        return figures

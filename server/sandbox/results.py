@@ -1,0 +1,52 @@
+"""Values exchanged with the run engine: input files, output files, call results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp"})
+
+
+class SandboxUnavailable(RuntimeError):
+    """Code cannot be run safely here (no bwrap, user namespaces blocked, ...).
+
+    The message is meant for the API caller, so it says what is missing.
+    """
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file to make readable at /mnt/data/<name> before a call."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file the code wrote (new or changed) under /mnt/data, or a figure from plt.show()."""
+
+    name: str  # relative to /mnt/data
+    data: bytes
+    is_image: bool  # png/jpeg/gif/webp
+
+
+@dataclass(frozen=True)
+class ExecutionResult:
+    """What one call produced.
+
+    `logs` is stdout and stderr interleaved as printed (tracebacks included,
+    plus the repr of a trailing expression, like a notebook), already capped.
+    `error` is None on success, else a one-line reason for the model.
+    """
+
+    logs: str
+    files: list[OutputFile] = field(default_factory=list)
+    error: str | None = None
+    duration_s: float = 0.0
+
+
+def is_image_name(name: str) -> bool:
+    """Images are recognised by extension, as the Assistants API does."""
+    dot = name.rfind(".")
+    return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS
