@@ -61,15 +61,19 @@ class CodeInterpreter:
         if logs:
             outputs.append({"type": "logs", "logs": logs})
         notes = []
+        images: list[str] = []
+        paths: dict[str, str] = {}
         for produced in result.files:
             file_id = await self._store_output(produced.name, produced.data)
             if produced.is_image:
                 outputs.append({"type": "image", "image": {"file_id": file_id}})
-                notes.append(f"[image {produced.name} shown to the user as {file_id}]")
+                images.append(file_id)
+                notes.append(f"[image {produced.name} is shown to the user]")
             else:
-                notes.append(f"[file /mnt/data/{produced.name} saved as {file_id}]")
+                paths[f"sandbox:/mnt/data/{produced.name}"] = file_id
+                notes.append(f"[file saved; link it for the user as sandbox:/mnt/data/{produced.name}]")
         text = "\n".join([logs[-_MODEL_OUTPUT_CHARS:] if logs else "(no output)", *notes])
-        return ToolResult({"outputs": outputs}, text)
+        return ToolResult({"outputs": outputs}, text, images=images, paths=paths)
 
     async def _input_files(self, run: dict[str, Any]) -> list[InputFile]:
         views = self.svc.views

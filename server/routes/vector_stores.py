@@ -15,7 +15,8 @@ from events.records import NewEvent
 from server.errors import bad_request, not_found
 from server.http import list_params, parse_body
 from server.ids import new_id
-from server.models.common import Metadata, Request as Body
+from server.models.common import Metadata
+from server.models.common import Request as Body
 from server.services import Services, services
 from server.vector_stores import VectorStores, vector_store_object
 

@@ -46,7 +46,8 @@ class ToolResult:
     details: dict[str, Any]
     output: str
     citations: dict[str, str] = field(default_factory=dict)  # marker -> file id
-    message_attachments: list[dict[str, Any]] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)  # file ids shown in the next assistant message
+    paths: dict[str, str] = field(default_factory=dict)  # "sandbox:/mnt/data/x.csv" -> file id
 
 
 class BuiltinTools(Protocol):
@@ -99,6 +100,8 @@ class RunEngine:
         self._tool_step: dict[str, Any] | None = None
         self._usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         self._citations: dict[str, str] = {}
+        self._paths: dict[str, str] = {}
+        self._images: list[str] = []
         self._builtin_names = {t["type"] for t in run["tools"] if t["type"] in ("file_search", "code_interpreter")}
 
     # -- the generator ---------------------------------------------------------------------
@@ -190,12 +193,18 @@ class RunEngine:
             self._message, self._message_step = message, step
             events += [objects.step_event(step, "created"), objects.step_event(step, "in_progress")]
             events += [objects.message_event(message, "created"), objects.message_event(message, "in_progress")]
+            for file_id in self._images:  # code_interpreter's images lead the answer, as with OpenAI
+                part = {"type": "image_file", "image_file": {"file_id": file_id}}
+                events.append(objects.content_part_delta(message, len(message["content"]), part))
+                message["content"].append(part)
+            self._images = []
         message = self._message
-        first = not message["content"]
+        first = not message["content"] or message["content"][-1]["type"] != "text"
         if first:
             message["content"].append({"type": "text", "text": {"value": "", "annotations": []}})
-        message["content"][0]["text"]["value"] += text
-        events.append(objects.text_delta(message, 0, text, first))
+        index = len(message["content"]) - 1
+        message["content"][index]["text"]["value"] += text
+        events.append(objects.text_delta(message, index, text, first))
         return events
 
     def _on_tool_call(self, calls: list[_Call], tool_call: Any) -> list[NewEvent]:
@@ -273,8 +282,9 @@ class RunEngine:
         events: list[NewEvent] = []
         annotations = self._annotations(message)
         if annotations:
-            message["content"][0]["text"]["annotations"] = annotations
-            events.append(objects.annotations_delta(message, 0, annotations))
+            index = len(message["content"]) - 1
+            message["content"][index]["text"]["annotations"] = annotations
+            events.append(objects.annotations_delta(message, index, annotations))
         stamp = now()
         if truncated:
             message.update(status="incomplete", incomplete_at=stamp, incomplete_details={"reason": "max_tokens"})
@@ -286,11 +296,22 @@ class RunEngine:
         return events
 
     def _annotations(self, message: dict[str, Any]) -> list[dict[str, Any]]:
-        """Every citation marker the model wrote becomes a file_citation annotation."""
-        if not message["content"] or not self._citations:
+        """Citation markers become file_citation annotations; sandbox paths become file_path ones."""
+        if not message["content"] or message["content"][-1]["type"] != "text":
             return []
-        text = message["content"][0]["text"]["value"]
+        text = message["content"][-1]["text"]["value"]
         out = []
+        for path, file_id in self._paths.items():
+            for match in re.finditer(re.escape(path), text):
+                out.append(
+                    {
+                        "type": "file_path",
+                        "text": path,
+                        "start_index": match.start(),
+                        "end_index": match.end(),
+                        "file_path": {"file_id": file_id},
+                    }
+                )
         for match in CITATION_PATTERN.finditer(text):
             file_id = self._citations.get(match.group(0))
             if file_id is None:
@@ -304,6 +325,7 @@ class RunEngine:
                     "file_citation": {"file_id": file_id},
                 }
             )
+        out.sort(key=lambda a: a["start_index"])
         return out
 
     async def _run_builtins(self, calls: list[_Call]) -> AsyncIterator[NewEvent]:
@@ -324,6 +346,8 @@ class RunEngine:
             else:
                 result = await self.builtins.run_tool(kind, arguments, self.run, self._turn_index())
             self._citations.update(result.citations)
+            self._paths.update(result.paths)
+            self._images += result.images
             entry = step["step_details"]["tool_calls"][call.index]
             if kind == "code_interpreter":
                 outputs = result.details.get("outputs", [])
@@ -345,6 +369,7 @@ class RunEngine:
                     "arguments": arguments if isinstance(arguments, dict) else {},
                     "output": result.output,
                     "citations": result.citations,
+                    "paths": result.paths,
                     "results": result.details.get("full_results"),
                 },
                 run_id=self.run["id"],
@@ -492,6 +517,7 @@ class RunEngine:
             self._add_usage(step.get("usage"))
         for output in (await self._tool_outputs()).values():
             self._citations.update(output.get("citations") or {})
+            self._paths.update(output.get("paths") or {})
 
     async def _tool_outputs(self) -> dict[str, dict[str, Any]]:
         page = await self.views.list("tool_output", parent_id=self.run["id"], limit=100_000, order="asc")

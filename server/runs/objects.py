@@ -89,6 +89,15 @@ def text_delta(message: dict[str, Any], index: int, value: str, first: bool) -> 
     return NewEvent("thread.message.delta", data, run_id=message["run_id"])
 
 
+def content_part_delta(message: dict[str, Any], index: int, part: dict[str, Any]) -> NewEvent:
+    data = {
+        "id": message["id"],
+        "object": "thread.message.delta",
+        "delta": {"content": [{"index": index, **_copy(part)}]},
+    }
+    return NewEvent("thread.message.delta", data, run_id=message["run_id"])
+
+
 def annotations_delta(message: dict[str, Any], index: int, annotations: list[dict[str, Any]]) -> NewEvent:
     items = [{"index": i, **a} for i, a in enumerate(annotations)]
     data = {
