@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ async def fold_log(
             f"WHERE sequence > ? AND type IN ({marks}){bound} ORDER BY sequence LIMIT ?"
         )
         async with conn.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         if not rows:
             break
         for sequence, stream_id, version, type_, data, created_at, run_id in rows:
@@ -107,7 +108,7 @@ async def verify(db_path: Path, projector: ViewProjector) -> RebuildReport:
     return RebuildReport(count, len(rebuilt), position, time.perf_counter() - started, difference)
 
 
-def _first_difference(rebuilt: dict[ViewKey, View | None], live: dict[ViewKey, tuple[int, Any]]) -> str | None:
+def _first_difference(rebuilt: Mapping[ViewKey, View | None], live: Mapping[ViewKey, tuple[int, Any]]) -> str | None:
     for key in sorted(set(rebuilt) | set(live)):
         kind, view_id = key
         if key not in live:

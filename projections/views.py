@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,7 +87,7 @@ class ViewReader:
         direction = "ASC" if walk_ascending else "DESC"
         sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal {direction} LIMIT ?"
         async with self._conn.execute(sql, (*args, limit + 1)) as cur:
-            rows = await cur.fetchall()
+            rows = builtins.list(await cur.fetchall())
         docs = [json.loads(row[0]) for row in rows[:limit]]
         if walk_ascending != ascending:
             docs.reverse()
@@ -103,7 +104,7 @@ class ViewReader:
         async with self._conn.execute("SELECT 1 FROM views WHERE kind = ? AND id = ?", (kind, view_id)) as cur:
             return await cur.fetchone() is not None
 
-    async def find(self, kind: str, parent_id: str | None, statuses: tuple[str, ...]) -> list[Doc]:
+    async def find(self, kind: str, parent_id: str | None, statuses: tuple[str, ...]) -> builtins.list[Doc]:
         """Views of a kind under a parent whose status is one of `statuses` (e.g. active runs)."""
         marks = ",".join("?" for _ in statuses)
         sql = (
@@ -114,7 +115,7 @@ class ViewReader:
             rows = await cur.fetchall()
         return [json.loads(row[0]) for row in rows]
 
-    async def with_id_suffix(self, kind: str, suffix: str) -> list[Doc]:
+    async def with_id_suffix(self, kind: str, suffix: str) -> builtins.list[Doc]:
         """Views whose composite id ends with `suffix` (a file's entries in every vector store)."""
         async with self._conn.execute(
             "SELECT doc FROM views WHERE kind = ? AND substr(id, -length(?)) = ? ORDER BY ordinal",
@@ -123,7 +124,7 @@ class ViewReader:
             rows = await cur.fetchall()
         return [json.loads(row[0]) for row in rows]
 
-    async def all_of_kind(self, kind: str, statuses: tuple[str, ...]) -> list[Doc]:
+    async def all_of_kind(self, kind: str, statuses: tuple[str, ...]) -> builtins.list[Doc]:
         marks = ",".join("?" for _ in statuses)
         sql = f"SELECT doc FROM views WHERE kind = ? AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
         async with self._conn.execute(sql, (kind, *statuses)) as cur:

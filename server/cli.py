@@ -71,7 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    return 0 if server.run() is None else 0
+    server.run()
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -42,7 +42,7 @@ async def require_thread(svc: Services, thread_id: str) -> dict[str, Any]:
 
 async def active_run(svc: Services, thread_id: str) -> dict[str, Any] | None:
     runs = await svc.views.find("run", thread_id, ACTIVE_RUN_STATUSES)
-    return runs[0] if runs else None
+    return dict(runs[0]) if runs else None
 
 
 async def append_decided(

@@ -70,12 +70,12 @@ async def resolve_tool_resources(
                         f"No file found with id '{file_id}'.",
                         f"tool_resources.file_search.vector_stores[0].file_ids[{i}]",
                     )
-            store_id: str = stores.new_id()
-            ids = [store_id]
+            new_store: str = stores.new_id()
+            ids = [new_store]
 
             async def setup() -> None:
                 await stores.create(
-                    store_id, file_ids=spec.file_ids, chunking=spec.chunking_strategy, metadata=spec.metadata
+                    new_store, file_ids=spec.file_ids, chunking=spec.chunking_strategy, metadata=spec.metadata
                 )
 
         out["file_search"] = {"vector_store_ids": ids}

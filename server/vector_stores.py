@@ -254,7 +254,7 @@ class VectorStores:
 
     async def file_search_tool(self, arguments: dict[str, Any], run: dict[str, Any], call_index: int) -> ToolResult:
         query = str(arguments.get("query") or "")
-        tool = next((t for t in run["tools"] if t["type"] == "file_search"), {})
+        tool: dict[str, Any] = next((t for t in run["tools"] if t["type"] == "file_search"), {})
         options = tool.get("file_search") or {}
         ranking = options.get("ranking_options") or {"ranker": "auto", "score_threshold": 0.0}
         ranking = {"ranker": ranking.get("ranker", "auto"), "score_threshold": ranking.get("score_threshold", 0.0)}

@@ -134,8 +134,8 @@ def tool_json(tool: CodeInterpreterTool | FileSearchTool | FunctionTool) -> dict
     """A tool as OpenAI returns it: file_search shows its effective options."""
     data: dict[str, Any] = tool.model_dump(mode="json", by_alias=True, exclude_none=True)
     if isinstance(tool, FileSearchTool):
-        options = tool.file_search or FileSearchOptions()
-        ranking = options.ranking_options or RankingOptions()
+        options = tool.file_search or FileSearchOptions.model_validate({})
+        ranking = options.ranking_options or RankingOptions.model_validate({})
         data["file_search"] = {
             "max_num_results": options.max_num_results or 20,
             "ranking_options": ranking.model_dump(mode="json"),

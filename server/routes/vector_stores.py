@@ -357,7 +357,7 @@ async def search_store(request: Request) -> JSONResponse:
     await _store_or_404(svc, store_id)
     body = await parse_body(request, SearchRequest)
     query = body.query if isinstance(body.query, str) else " ".join(body.query)
-    ranking = body.ranking_options or RankingOptions()
+    ranking = body.ranking_options or RankingOptions.model_validate({})
     hits = await _stores(svc).search(
         [store_id],
         query,

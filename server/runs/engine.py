@@ -300,7 +300,7 @@ class RunEngine:
         if not message["content"] or message["content"][-1]["type"] != "text":
             return []
         text = message["content"][-1]["text"]["value"]
-        out = []
+        out: list[dict[str, Any]] = []
         for path, file_id in self._paths.items():
             for match in re.finditer(re.escape(path), text):
                 out.append(
@@ -313,8 +313,8 @@ class RunEngine:
                     }
                 )
         for match in CITATION_PATTERN.finditer(text):
-            file_id = self._citations.get(match.group(0))
-            if file_id is None:
+            cited = self._citations.get(match.group(0))
+            if cited is None:
                 continue
             out.append(
                 {
@@ -322,10 +322,10 @@ class RunEngine:
                     "text": match.group(0),
                     "start_index": match.start(),
                     "end_index": match.end(),
-                    "file_citation": {"file_id": file_id},
+                    "file_citation": {"file_id": cited},
                 }
             )
-        out.sort(key=lambda a: a["start_index"])
+        out.sort(key=lambda a: int(a["start_index"]))
         return out
 
     async def _run_builtins(self, calls: list[_Call]) -> AsyncIterator[NewEvent]:
