@@ -177,9 +177,7 @@ async def ensure_schema(conn: aiosqlite.Connection) -> None:
 
 
 async def read_position(conn: aiosqlite.Connection) -> int:
-    async with conn.execute(
-        "SELECT position FROM projection_position WHERE name = ?", (POSITION_NAME,)
-    ) as cur:
+    async with conn.execute("SELECT position FROM projection_position WHERE name = ?", (POSITION_NAME,)) as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else 0
 

@@ -19,10 +19,10 @@ from events.store import EventStore
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
 from server.auth import BearerKeyMiddleware
+from server.builtins import Builtins
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
 from server.providers import ProviderRegistry
-from server.builtins import Builtins
 from server.routes import assistants, files, messages, runs, threads, vector_stores
 from server.runs.manager import RunManager
 from server.services import Services

@@ -20,15 +20,19 @@ class Builtins:
         if name == "file_search":
             stores = self.svc.extras.get("vector_stores")
             if stores is None:
-                return ToolResult({"ranking_options": {"ranker": "auto", "score_threshold": 0.0}, "results": []},
-                                  "file_search is not available on this server.")
+                return ToolResult(
+                    {"ranking_options": {"ranker": "auto", "score_threshold": 0.0}, "results": []},
+                    "file_search is not available on this server.",
+                )
             result: ToolResult = await stores.file_search_tool(arguments, run, call_index)
             return result
         if name == "code_interpreter":
             interpreter = self.svc.extras.get("code_interpreter")
             if interpreter is None:
-                return ToolResult({"outputs": [{"type": "logs", "logs": "code_interpreter is not available."}]},
-                                  "code_interpreter is not available on this server.")
+                return ToolResult(
+                    {"outputs": [{"type": "logs", "logs": "code_interpreter is not available."}]},
+                    "code_interpreter is not available on this server.",
+                )
             result = await interpreter.run(arguments, run)
             return result
         return ToolResult({}, f"Unknown tool {name}.")

@@ -22,10 +22,25 @@ _PAUSE = "thread.run.requires_action"
 
 OPENAI_STREAM_EVENTS = frozenset(
     {"thread.created", "error"}
-    | {f"thread.run.{s}" for s in ("created", "queued", "in_progress", "requires_action", "completed",
-                                   "incomplete", "failed", "cancelling", "cancelled", "expired")}
-    | {f"thread.run.step.{s}" for s in ("created", "in_progress", "delta", "completed", "failed",
-                                        "cancelled", "expired")}
+    | {
+        f"thread.run.{s}"
+        for s in (
+            "created",
+            "queued",
+            "in_progress",
+            "requires_action",
+            "completed",
+            "incomplete",
+            "failed",
+            "cancelling",
+            "cancelled",
+            "expired",
+        )
+    }
+    | {
+        f"thread.run.step.{s}"
+        for s in ("created", "in_progress", "delta", "completed", "failed", "cancelled", "expired")
+    }
     | {f"thread.message.{s}" for s in ("created", "in_progress", "delta", "completed", "incomplete")}
 )
 """Only OpenAI's event types go on the wire; our own (threadlog.*, updates) stay in the log."""

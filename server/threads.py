@@ -153,10 +153,7 @@ async def check_attachments(svc: Services, messages: list[CreateMessage], param:
 async def attach_search_files(svc: Services, thread_id: str, messages: list[CreateMessage]) -> None:
     """Files attached for file_search join the thread's vector store (created on first use)."""
     file_ids = [
-        a.file_id
-        for m in messages
-        for a in m.attachments or []
-        if any(t.type == "file_search" for t in a.tools)
+        a.file_id for m in messages for a in m.attachments or [] if any(t.type == "file_search" for t in a.tools)
     ]
     stores = svc.extras.get("vector_stores")
     if file_ids and stores is not None:

@@ -162,7 +162,9 @@ class VectorStores:
         store_ids = list((resources.get("file_search") or {}).get("vector_store_ids") or [])
         if not store_ids:
             store_id = self.new_id()
-            await self.create(store_id, name=f"thread {thread_id}", expires_after={"anchor": "last_active_at", "days": 7})
+            await self.create(
+                store_id, name=f"thread {thread_id}", expires_after={"anchor": "last_active_at", "days": 7}
+            )
             resources["file_search"] = {"vector_store_ids": [store_id]}
             await self.svc.store.append(
                 thread_id, [NewEvent("thread.updated", {"id": thread_id, "tool_resources": resources})]

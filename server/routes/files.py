@@ -22,7 +22,7 @@ from server.errors import APIError, bad_request, not_found
 from server.ids import new_id
 from server.services import Services, services
 
-__all__ = ["routes", "file_path", "read_file_bytes"]
+__all__ = ["file_path", "read_file_bytes", "routes"]
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file part
@@ -134,8 +134,14 @@ async def list_files(request: Request) -> JSONResponse:
     page = await svc.views.list("file", limit=limit, order=order, after=query.get("after") or None)  # type: ignore[arg-type]
     purpose = query.get("purpose")
     data = [f for f in page.data if purpose is None or f["purpose"] == purpose]
-    return JSONResponse({**page.envelope(), "data": data,
-                         "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
+    return JSONResponse(
+        {
+            **page.envelope(),
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    )
 
 
 async def retrieve_file(request: Request) -> JSONResponse:

@@ -35,7 +35,9 @@ def _manager(svc: Services) -> RunManager:
     return svc.runs
 
 
-async def _new_run(svc: Services, thread_id: str, body: RunOptions, additional_instructions: str | None) -> dict[str, Any]:
+async def _new_run(
+    svc: Services, thread_id: str, body: RunOptions, additional_instructions: str | None
+) -> dict[str, Any]:
     """The run object for a create request, after checking what it refers to."""
     assistant = await svc.views.get("assistant", body.assistant_id)
     if assistant is None:
@@ -59,7 +61,9 @@ async def _new_run(svc: Services, thread_id: str, body: RunOptions, additional_i
         if choice["type"] == "function" and not any(
             t["type"] == "function" and t["function"]["name"] == wanted for t in tools
         ):
-            raise bad_request(f"tool_choice names function '{wanted}', which is not among the run's tools.", "tool_choice")
+            raise bad_request(
+                f"tool_choice names function '{wanted}', which is not among the run's tools.", "tool_choice"
+            )
         if choice["type"] != "function" and not any(t["type"] == choice["type"] for t in tools):
             raise bad_request(f"tool_choice names {choice['type']}, which is not among the run's tools.", "tool_choice")
     instructions = body.instructions if body.instructions is not None else assistant.get("instructions")

@@ -88,7 +88,9 @@ async def delete_thread(request: Request) -> JSONResponse:
         await require_thread(svc, thread_id)
         run = await active_run(svc, thread_id)
         if run is not None:
-            raise bad_request(f"Thread {thread_id} has an active run {run['id']}; cancel it before deleting the thread.")
+            raise bad_request(
+                f"Thread {thread_id} has an active run {run['id']}; cancel it before deleting the thread."
+            )
         return [NewEvent("thread.deleted", {"id": thread_id})]
 
     await append_decided(svc, thread_id, decide)

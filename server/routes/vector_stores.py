@@ -226,8 +226,12 @@ async def store_file_content(request: Request) -> JSONResponse:
     except Exception as exc:
         raise bad_request(f"The file's content could not be extracted: {exc}") from exc
     return JSONResponse(
-        {"object": "vector_store.file_content.page", "data": [{"type": "text", "text": text}],
-         "has_more": False, "next_page": None}
+        {
+            "object": "vector_store.file_content.page",
+            "data": [{"type": "text", "text": text}],
+            "has_more": False,
+            "next_page": None,
+        }
     )
 
 
@@ -377,8 +381,13 @@ async def search_store(request: Request) -> JSONResponse:
         for h in hits
     ]
     return JSONResponse(
-        {"object": "vector_store.search_results.page", "search_query": query, "data": data,
-         "has_more": False, "next_page": None}
+        {
+            "object": "vector_store.search_results.page",
+            "search_query": query,
+            "data": data,
+            "has_more": False,
+            "next_page": None,
+        }
     )
 
 

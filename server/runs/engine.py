@@ -57,9 +57,7 @@ class BuiltinTools(Protocol):
 
 
 class _NoBuiltins:
-    async def run_tool(
-        self, name: str, arguments: dict[str, Any], run: dict[str, Any], call_index: int
-    ) -> ToolResult:
+    async def run_tool(self, name: str, arguments: dict[str, Any], run: dict[str, Any], call_index: int) -> ToolResult:
         return ToolResult({}, f"The {name} tool is not available on this server.")
 
 
@@ -188,7 +186,9 @@ class RunEngine:
         if self._message is None:
             message = objects.new_assistant_message(self.run)
             step = objects.new_step(
-                self.run, "message_creation", {"type": "message_creation", "message_creation": {"message_id": message["id"]}}
+                self.run,
+                "message_creation",
+                {"type": "message_creation", "message_creation": {"message_id": message["id"]}},
             )
             self._message, self._message_step = message, step
             events += [objects.step_event(step, "created"), objects.step_event(step, "in_progress")]
@@ -226,7 +226,10 @@ class RunEngine:
         if self._tool_step is None:
             events += self._complete_message(None, False)
             self._tool_step = objects.new_step(self.run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
-            events += [objects.step_event(self._tool_step, "created"), objects.step_event(self._tool_step, "in_progress")]
+            events += [
+                objects.step_event(self._tool_step, "created"),
+                objects.step_event(self._tool_step, "in_progress"),
+            ]
         events += self._stream_call(call, function.arguments if function is not None and call.announced else None)
         return events
 
@@ -240,7 +243,11 @@ class RunEngine:
             call.announced = True
             head: dict[str, Any]
             if kind == "function":
-                head = {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": "", "output": None}}
+                head = {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": "", "output": None},
+                }
             elif kind == "code_interpreter":
                 head = {"id": call.id, "type": "code_interpreter", "code_interpreter": {"input": "", "outputs": []}}
             else:
@@ -268,7 +275,10 @@ class RunEngine:
                 call.name = call.name or "unknown"
                 if self._tool_step is None:
                     self._tool_step = objects.new_step(self.run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
-                    events += [objects.step_event(self._tool_step, "created"), objects.step_event(self._tool_step, "in_progress")]
+                    events += [
+                        objects.step_event(self._tool_step, "created"),
+                        objects.step_event(self._tool_step, "in_progress"),
+                    ]
                 events += self._stream_call(call, None)
         return events
 
@@ -398,7 +408,9 @@ class RunEngine:
 
     def _finish_completed(self) -> list[NewEvent]:
         run = self.run
-        run.update(status="completed", completed_at=now(), expires_at=None, required_action=None, usage=dict(self._usage))
+        run.update(
+            status="completed", completed_at=now(), expires_at=None, required_action=None, usage=dict(self._usage)
+        )
         return [run_event(run)]
 
     def _finish_incomplete(self, reason: str, step_usage: dict[str, int] | None = None) -> list[NewEvent]:
@@ -419,8 +431,14 @@ class RunEngine:
         error = {"code": code, "message": message}
         events = self._close_open("failed", error)
         run = self.run
-        run.update(status="failed", failed_at=now(), last_error=error, expires_at=None, required_action=None,
-                   usage=dict(self._usage))
+        run.update(
+            status="failed",
+            failed_at=now(),
+            last_error=error,
+            expires_at=None,
+            required_action=None,
+            usage=dict(self._usage),
+        )
         events.append(run_event(run))
         return events
 
@@ -432,15 +450,21 @@ class RunEngine:
         """Events that end a cancelled run: open message incomplete, open step cancelled."""
         events = self._close_open("cancelled")
         run = self.run
-        run.update(status="cancelled", cancelled_at=now(), expires_at=None, required_action=None,
-                   usage=dict(self._usage))
+        run.update(
+            status="cancelled", cancelled_at=now(), expires_at=None, required_action=None, usage=dict(self._usage)
+        )
         events.append(run_event(run))
         return events
 
     def _close_open(self, how: str, error: dict[str, str] | None = None) -> list[NewEvent]:
         events: list[NewEvent] = []
         stamp = now()
-        reasons = {"cancelled": "run_cancelled", "failed": "run_failed", "incomplete": "max_tokens", "expired": "run_expired"}
+        reasons = {
+            "cancelled": "run_cancelled",
+            "failed": "run_failed",
+            "incomplete": "max_tokens",
+            "expired": "run_expired",
+        }
         if self._message is not None:
             self._message.update(status="incomplete", incomplete_at=stamp, incomplete_details={"reason": reasons[how]})
             events.append(objects.message_event(self._message))

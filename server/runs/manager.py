@@ -121,8 +121,11 @@ class RunManager:
             cancelling = {**run, "status": "cancelling"}
             events = [run_event(cancelling)]
             events += await self._close_steps(run, "cancelled")
-            events.append(run_event({**run, "status": "cancelled", "cancelled_at": now(), "expires_at": None,
-                                     "required_action": None}))
+            events.append(
+                run_event(
+                    {**run, "status": "cancelled", "cancelled_at": now(), "expires_at": None, "required_action": None}
+                )
+            )
             try:
                 await self.store.append(run["thread_id"], events, expected_version=version)
             except ConcurrencyError:
@@ -193,14 +196,22 @@ class RunManager:
                     "message": "The server stopped while this run was in progress; it was marked failed on restart.",
                 }
                 events = await self._close_steps(run, "failed", error)
-                events.append(run_event({**run, "status": "failed", "failed_at": now(), "last_error": error,
-                                         "expires_at": None, "required_action": None}))
+                events.append(
+                    run_event(
+                        {
+                            **run,
+                            "status": "failed",
+                            "failed_at": now(),
+                            "last_error": error,
+                            "expires_at": None,
+                            "required_action": None,
+                        }
+                    )
+                )
             await self._append(run, events)
             logger.warning("run %s was %s at start-up; now %s", run["id"], run["status"], events[-1].data["status"])
 
-    async def _close_steps(
-        self, run: dict[str, Any], how: str, error: dict[str, str] | None = None
-    ) -> list[NewEvent]:
+    async def _close_steps(self, run: dict[str, Any], how: str, error: dict[str, str] | None = None) -> list[NewEvent]:
         """Events closing a run's open steps and messages (from the views)."""
         events: list[NewEvent] = []
         stamp = now()
@@ -208,8 +219,12 @@ class RunManager:
         messages = await self.views.list("message", parent_id=run["thread_id"], run_id=run["id"], limit=1000)
         for message in messages.data:
             if message["status"] == "in_progress":
-                message = {**message, "status": "incomplete", "incomplete_at": stamp,
-                           "incomplete_details": {"reason": reason}}
+                message = {
+                    **message,
+                    "status": "incomplete",
+                    "incomplete_at": stamp,
+                    "incomplete_details": {"reason": reason},
+                }
                 events.append(objects.message_event(message))
         steps = await self.views.list("step", parent_id=run["id"], limit=1000)
         for step in steps.data:

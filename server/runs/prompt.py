@@ -98,9 +98,7 @@ def thread_message_to_chat(message: dict[str, Any]) -> dict[str, Any]:
     return {"role": message["role"], "content": text}
 
 
-def truncate(
-    parts: PromptParts, strategy: dict[str, Any] | None, budget: int | None
-) -> tuple[PromptParts, bool]:
+def truncate(parts: PromptParts, strategy: dict[str, Any] | None, budget: int | None) -> tuple[PromptParts, bool]:
     """Apply `truncation_strategy`, then fit `budget` tokens by dropping from the middle.
 
     Returns the parts and whether they fit. `last_messages` keeps the N newest thread
