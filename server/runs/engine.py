@@ -14,6 +14,7 @@ upstream HTTP stream at once; `closing_events()` then tells how to end the run.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -486,7 +487,8 @@ class RunEngine:
     async def _prompt(self) -> tuple[PromptParts, bool]:
         run = self.run
         page = await self.views.list("message", parent_id=run["thread_id"], limit=100_000, order="asc")
-        history = [thread_message_to_chat(m) for m in page.data if m.get("run_id") != run["id"]]
+        names = await self._file_names(page.data)
+        history = [thread_message_to_chat(m, names) for m in page.data if m.get("run_id") != run["id"]]
         own = {m["id"]: m for m in page.data if m.get("run_id") == run["id"]}
         steps = await self.views.list("step", parent_id=run["id"], limit=100_000, order="asc")
         outputs = await self._tool_outputs()
@@ -496,7 +498,7 @@ class RunEngine:
             if details["type"] == "message_creation":
                 message = own.get(details["message_creation"]["message_id"])
                 if message is not None:
-                    turn.append(thread_message_to_chat(message))
+                    turn.append(thread_message_to_chat(message, names))
             else:
                 turn += _tool_turn(details["tool_calls"], outputs)
         parts = PromptParts(system=run.get("instructions") or None, history=history, turn=turn)
@@ -504,6 +506,16 @@ class RunEngine:
         if run.get("max_prompt_tokens"):
             budget = min(budget, run["max_prompt_tokens"] - self._usage["prompt_tokens"])
         return truncate(parts, run.get("truncation_strategy"), budget)
+
+    async def _file_names(self, messages: list[dict[str, Any]]) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for message in messages:
+            for attachment in message.get("attachments") or []:
+                file_id = attachment["file_id"]
+                if file_id not in names:
+                    doc = await self.views.get("file", file_id)
+                    names[file_id] = os.path.basename(doc["filename"]) if doc else file_id
+        return names
 
     def _request(self, parts: PromptParts, max_completion: int | None) -> dict[str, Any]:
         run = self.run

@@ -26,6 +26,12 @@ __all__ = ["CannotCancel", "RunManager"]
 
 logger = logging.getLogger("threadlog.runs")
 
+# The events after which an engine yields nothing more.
+_LAST_EVENTS = frozenset(
+    f"thread.run.{status}"
+    for status in ("requires_action", "completed", "incomplete", "failed", "cancelled", "expired")
+)
+
 
 class CannotCancel(Exception):
     def __init__(self, status: str) -> None:
@@ -48,6 +54,7 @@ class RunManager:
         self._engines: dict[str, RunEngine] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._finishing: set[str] = set()  # runs whose engine yielded its last event
         self._shutting_down = False
 
     # -- starting and driving --------------------------------------------------------------
@@ -71,6 +78,9 @@ class RunManager:
         run = engine.run
         try:
             async for event in engine.events():
+                if event.type in _LAST_EVENTS:
+                    # From here on the run has ended (or paused): a cancel must not append after it.
+                    self._finishing.add(run["id"])
                 # Shielded: an event handed to the log is committed even if the run is
                 # cancelled meanwhile, so the log never holds half of a step.
                 await asyncio.shield(self._append(run, [event]))
@@ -83,7 +93,9 @@ class RunManager:
             if self._shutting_down:
                 closing = engine.fail("server_error", "The server shut down while this run was in progress.")
             else:
-                closing = engine.closing_events()
+                # `cancel()` set the status; its snapshot goes in the same append as the
+                # closing events, so nothing the engine does can land between them.
+                closing = [run_event(run), *engine.closing_events()]
             await self._append(run, closing)
         except Exception as exc:
             logger.exception("run %s failed", run["id"])
@@ -91,22 +103,28 @@ class RunManager:
         finally:
             self._engines.pop(run["id"], None)
             self._tasks.pop(run["id"], None)
+            self._finishing.discard(run["id"])
 
     # -- control ---------------------------------------------------------------------------
 
     async def cancel(self, run_id: str) -> dict[str, Any]:
         """Ask a run to stop; returns it as `cancelling`. Raises CannotCancel for a run that has ended."""
         engine = self._engines.get(run_id)
-        if engine is not None:
+        task = self._tasks.get(run_id)
+        if engine is not None and task is not None and run_id in self._finishing:
+            # The engine already handed its last event to the log: let that land, then
+            # decide from the views (a 400 for an ended run, or cancel one waiting for outputs).
+            await asyncio.wait({task})
+        elif engine is not None and task is not None:
             if engine.cancel_requested:
-                return dict(engine.run)
+                return {**engine.run, "status": "cancelling"}
             engine.cancel_requested = True
             engine.run["status"] = "cancelling"
             snapshot = objects.run_event(engine.run)
-            await self._append(engine.run, [snapshot])
-            task = self._tasks.get(run_id)
-            if task is not None:
-                task.cancel()
+            # No await between the checks above and this: the engine cannot reach its end
+            # meanwhile. The task appends the `cancelling` snapshot with its closing events.
+            task.cancel()
+            await asyncio.wait({task})
             return snapshot.data
         for _ in range(8):
             run = await self.views.get("run", run_id)

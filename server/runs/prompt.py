@@ -79,9 +79,21 @@ def build_messages(parts: PromptParts) -> list[dict[str, Any]]:
     return out + parts.history + parts.turn
 
 
-def thread_message_to_chat(message: dict[str, Any]) -> dict[str, Any]:
-    """A stored thread message as a chat message (text and image URLs; files are named)."""
-    texts: list[str] = []
+def thread_message_to_chat(message: dict[str, Any], file_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """A stored thread message as a chat message (text and image URLs; attached files described)."""
+    names = file_names or {}
+    notes: list[str] = []
+    for attachment in message.get("attachments") or []:
+        file_id = attachment["file_id"]
+        name = names.get(file_id, file_id)
+        tools = {t.get("type") for t in attachment.get("tools") or []}
+        uses = []
+        if "code_interpreter" in tools:
+            uses.append(f"readable by code_interpreter at /mnt/data/{name}")
+        if "file_search" in tools:
+            uses.append("searchable with file_search")
+        notes.append(f"[attached file {name} ({file_id}){': ' + ', '.join(uses) if uses else ''}]")
+    texts: list[str] = list(notes)
     images: list[dict[str, Any]] = []
     for part in message.get("content") or []:
         if part.get("type") == "text":
@@ -90,8 +102,6 @@ def thread_message_to_chat(message: dict[str, Any]) -> dict[str, Any]:
             images.append({"type": "image_url", "image_url": {"url": part["image_url"]["url"]}})
         elif part.get("type") == "image_file":
             texts.append(f"[image file {part['image_file']['file_id']}]")
-    for attachment in message.get("attachments") or []:
-        texts.append(f"[attached file {attachment['file_id']}]")
     text = "\n".join(texts)
     if images and message["role"] == "user":
         return {"role": "user", "content": [{"type": "text", "text": text}, *images]}
