@@ -28,3 +28,7 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 @pytest.fixture
 def client(server: ServerProcess) -> OpenAI:
     return OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0, timeout=30)
+
+
+# Run tests' fixtures (fake upstream, server process against it, SDK, assistant).
+pytest_plugins = ["tests.runs_fixtures"]

@@ -117,6 +117,10 @@ def _choose_end(text: str, spans: TokenSpans, start: int, max_tokens: int) -> in
     return best_cut
 
 
+def _is_word_start(spans: TokenSpans, pos: int) -> bool:
+    return pos == 0 or pos >= len(spans) or spans.word_ids[pos] != spans.word_ids[pos - 1]
+
+
 def _snap_to_word_start(spans: TokenSpans, pos: int, limit: int) -> int:
     while pos < limit and spans.word_ids[pos] == spans.word_ids[pos - 1]:
         pos += 1
@@ -133,16 +137,21 @@ def chunk_text(text: str, max_chunk_size_tokens: int = 800, chunk_overlap_tokens
     while start < n:
         end = _choose_end(text, spans, start, max_chunk_size_tokens)
         piece = text[spans.offsets[start][0] : spans.offsets[end - 1][1]]
-        tokens = count_tokens(piece)
-        # Cuts inside a word can re-tokenize into more pieces; shrink until the
-        # chunk fits by count_tokens itself.
-        while tokens > max_chunk_size_tokens and end - start > 1:
-            end -= max(1, tokens - max_chunk_size_tokens)
-            piece = text[spans.offsets[start][0] : spans.offsets[end - 1][1]]
+        if _is_word_start(spans, start) and _is_word_start(spans, end):
+            # Cut between words on both sides: the piece re-tokenizes to
+            # exactly these tokens (normalisation is per character, word
+            # pieces per word), so no second tokenizer pass is needed.
+            tokens = end - start
+        else:
             tokens = count_tokens(piece)
+            # A cut inside an over-long word can re-tokenize into more
+            # pieces; shrink until count_tokens itself says it fits.
+            while tokens > max_chunk_size_tokens and end - start > 1:
+                end -= max(1, tokens - max_chunk_size_tokens)
+                piece = text[spans.offsets[start][0] : spans.offsets[end - 1][1]]
+                tokens = count_tokens(piece)
         chunks.append(Chunk(text=piece, token_count=tokens, index=len(chunks)))
         if end >= n:
             break
-        next_start = _snap_to_word_start(spans, max(end - chunk_overlap_tokens, start + 1), end)
-        start = next_start
+        start = _snap_to_word_start(spans, max(end - chunk_overlap_tokens, start + 1), end)
     return chunks

@@ -95,7 +95,8 @@ class RunManager:
             else:
                 # `cancel()` set the status; its snapshot goes in the same append as the
                 # closing events, so nothing the engine does can land between them.
-                closing = [run_event(run), *engine.closing_events()]
+                cancelling = [run_event(run)] if run["status"] == "cancelling" else []
+                closing = [*cancelling, *engine.closing_events()]
             await self._append(run, closing)
         except Exception as exc:
             logger.exception("run %s failed", run["id"])

@@ -1,0 +1,306 @@
+"""Rebuilding every view from the log (`threadlog replay`), and `replay --verify`, over a 1,000,000-event log.
+
+The log is built directly with sqlite3 `executemany` into the event store's own schema, as
+the server would have written it for streamed runs: threads, user messages, run status
+snapshots, run steps, assistant messages with their streamed text deltas.
+
+    python bench/bench_replay.py [--quick] [--events N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from events.records import SCHEMA_VERSION, encode
+from events.store import EventStore, open_connection
+from projections import build_projector
+from projections.rebuild import fold_log, rebuild, verify
+
+GOAL_EVENTS_PER_S = 200_000.0
+
+TURNS_PER_THREAD = 8
+DELTAS_PER_MESSAGE = 40
+INSERT = (
+    "INSERT INTO events (sequence, stream_id, version, type, data, created_at, run_id, schema_version) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "streaming", "tokens"]
+
+
+def machine() -> str:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"machine: nproc={cpus}, cpu={model!r}, python={platform.python_version()} "
+        f"({platform.python_implementation()}), sqlite={sqlite3.sqlite_version}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def calibration() -> str:
+    """How fast this CPU runs Python right now (shared machines vary): best of 5 of sum(range(1000))."""
+    import timeit
+
+    best = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
+    return (
+        f"calibration: sum(range(1000)) takes {best:.1f} us here (about 8-10 us on an idle modern x86 core); "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+Row = tuple[int, str, int, str, str, float, str | None, int]
+
+
+def run_object(run_id: str, thread_id: str, status: str, created: int) -> dict[str, Any]:
+    done = status == "completed"
+    return {
+        "id": run_id,
+        "object": "thread.run",
+        "created_at": created,
+        "assistant_id": "asst_bench",
+        "thread_id": thread_id,
+        "status": status,
+        "started_at": None if status in ("queued",) else created,
+        "expires_at": None if done else created + 600,
+        "cancelled_at": None,
+        "failed_at": None,
+        "completed_at": created + 2 if done else None,
+        "required_action": None,
+        "last_error": None,
+        "model": "gpt-4o-mini",
+        "instructions": "You are a helpful assistant. Answer briefly and cite your sources when you use files.",
+        "tools": [{"type": "function", "function": {"name": "lookup", "description": None, "parameters": None}}],
+        "tool_resources": {},
+        "metadata": {},
+        "incomplete_details": None,
+        "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160} if done else None,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_prompt_tokens": None,
+        "max_completion_tokens": None,
+        "truncation_strategy": {"type": "auto", "last_messages": None},
+        "response_format": "auto",
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+    }
+
+
+def message_object(message_id: str, thread_id: str, role: str, text: str | None, status: str, run_id: str | None,
+                   created: int) -> dict[str, Any]:  # fmt: skip
+    return {
+        "id": message_id,
+        "object": "thread.message",
+        "created_at": created,
+        "thread_id": thread_id,
+        "status": status,
+        "incomplete_details": None,
+        "completed_at": created + 2 if status == "completed" and run_id else None,
+        "incomplete_at": None,
+        "role": role,
+        "content": [] if text is None else [{"type": "text", "text": {"value": text, "annotations": []}}],
+        "assistant_id": "asst_bench" if run_id else None,
+        "run_id": run_id,
+        "attachments": [],
+        "metadata": {},
+    }
+
+
+def step_object(
+    step_id: str, run_id: str, thread_id: str, message_id: str, status: str, created: int
+) -> dict[str, Any]:
+    done = status == "completed"
+    return {
+        "id": step_id,
+        "object": "thread.run.step",
+        "created_at": created,
+        "run_id": run_id,
+        "assistant_id": "asst_bench",
+        "thread_id": thread_id,
+        "type": "message_creation",
+        "status": status,
+        "cancelled_at": None,
+        "completed_at": created + 2 if done else None,
+        "expired_at": None,
+        "failed_at": None,
+        "last_error": None,
+        "step_details": {"type": "message_creation", "message_creation": {"message_id": message_id}},
+        "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160} if done else None,
+        "metadata": {},
+    }
+
+
+def generate(total: int) -> Iterator[Row]:
+    """Rows of a log as the server writes it, until `total` events."""
+    sequence = 0
+    created = 1_700_000_000
+    t = 0
+    while True:
+        thread_id = f"thread_{t:020d}"
+        version = 0
+        stamp = float(created)
+
+        def emit(
+            type_: str,
+            data: dict[str, Any] | str,
+            run_id: str | None = None,
+            stream: str = thread_id,
+            at: float = stamp,
+        ) -> Row:
+            nonlocal sequence, version
+            sequence += 1
+            version += 1
+            payload = data if isinstance(data, str) else encode(data)
+            return (sequence, stream, version, type_, payload, at, run_id, SCHEMA_VERSION)
+
+        yield emit("thread.created", {"id": thread_id, "object": "thread", "created_at": created, "metadata": {},
+                                      "tool_resources": {}})  # fmt: skip
+        for turn in range(TURNS_PER_THREAD):
+            key = f"{t:012d}{turn:04d}"
+            run_id, step_id = f"run_{key}", f"step_{key}"
+            user_id, reply_id = f"msg_u{key}", f"msg_a{key}"
+            question = " ".join(WORDS[(turn + i) % len(WORDS)] for i in range(12))
+            yield emit("thread.message.created", message_object(user_id, thread_id, "user", question, "completed",
+                                                                None, created))  # fmt: skip
+            for status in ("queued", "in_progress"):
+                yield emit(f"thread.run.{'created' if status == 'queued' else status}",
+                           run_object(run_id, thread_id, status, created), run_id)  # fmt: skip
+            yield emit("thread.run.step.created", step_object(step_id, run_id, thread_id, reply_id, "in_progress",
+                                                              created), run_id)  # fmt: skip
+            yield emit("thread.message.created", message_object(reply_id, thread_id, "assistant", None, "in_progress",
+                                                                run_id, created), run_id)  # fmt: skip
+            parts = []
+            for d in range(DELTAS_PER_MESSAGE):
+                word = (" " if d else "") + WORDS[(turn * 7 + d) % len(WORDS)]
+                parts.append(word)
+                annotations = ',"annotations":[]' if d == 0 else ""
+                yield emit(
+                    "thread.message.delta",
+                    f'{{"id":"{reply_id}","object":"thread.message.delta","delta":{{"content":[{{"index":0,'
+                    f'"type":"text","text":{{"value":{json.dumps(word)}{annotations}}}}}]}}}}',
+                    run_id,
+                )
+            answer = "".join(parts)
+            yield emit("thread.message.completed", message_object(reply_id, thread_id, "assistant", answer,
+                                                                  "completed", run_id, created), run_id)  # fmt: skip
+            yield emit("thread.run.step.completed", step_object(step_id, run_id, thread_id, reply_id, "completed",
+                                                                created), run_id)  # fmt: skip
+            yield emit("thread.run.completed", run_object(run_id, thread_id, "completed", created), run_id)
+            if sequence >= total:
+                return
+        t += 1
+        created += 1
+
+
+def build_log(db_path: Path, total: int) -> int:
+    async def schema() -> None:
+        store = EventStore(db_path)
+        await store.open()
+        await store.close()
+
+    asyncio.run(schema())
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN")
+    chunk: list[Row] = []
+    count = 0
+    for row in generate(total):
+        chunk.append(row)
+        if len(chunk) == 100_000:
+            conn.executemany(INSERT, chunk)
+            count += len(chunk)
+            chunk = []
+    conn.executemany(INSERT, chunk)
+    count += len(chunk)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return count
+
+
+def mix(db_path: Path) -> str:
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY 2 DESC").fetchall()
+    return ", ".join(f"{t} {n:,}" for t, n in rows)
+
+
+def profile_fold(db_path: Path, upto: int) -> None:
+    """cProfile the fold over the first `upto` events (the part of a rebuild that scales with the log)."""
+
+    async def fold() -> None:
+        conn = await open_connection(db_path)
+        try:
+            await fold_log(conn, build_projector(), upto=upto)
+        finally:
+            await conn.close()
+
+    profile = cProfile.Profile()
+    profile.enable()
+    asyncio.run(fold())
+    profile.disable()
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(16)
+    print(f"\nprofile of folding the first {upto:,} events (cProfile, by own time; profiling slows it ~2x):")
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100,000 events instead of 1,000,000")
+    parser.add_argument("--events", type=int, default=None)
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the rebuild (done anyway when the goal is missed)"
+    )
+    args = parser.parse_args()
+    total = args.events or (100_000 if args.quick else 1_000_000)
+    print(machine())
+    print(calibration())
+    with tempfile.TemporaryDirectory() as tmp:
+        db_path = Path(tmp) / "threadlog.sqlite"
+        started = time.perf_counter()
+        count = build_log(db_path, total)
+        size = db_path.stat().st_size / 1e6
+        print(f"built a log of {count:,} events ({size:,.0f} MB) in {time.perf_counter() - started:.1f}s")
+        print(f"mix: {mix(db_path)}")
+
+        report = asyncio.run(rebuild(db_path, build_projector()))
+        verdict = "met" if report.events_per_second >= GOAL_EVENTS_PER_S else "MISSED"
+        print(
+            f"rebuild: {report.events:,} events -> {report.views:,} views in {report.seconds:.2f}s = "
+            f"{report.events_per_second:,.0f} events/s   goal >= {GOAL_EVENTS_PER_S:,.0f} events/s: {verdict}"
+        )
+        checked = asyncio.run(verify(db_path, build_projector()))
+        status = "OK" if checked.difference is None else f"MISMATCH {checked.difference}"
+        print(
+            f"verify:  {checked.events:,} events, {checked.views:,} views compared in {checked.seconds:.2f}s "
+            f"({checked.events_per_second:,.0f} events/s): {status}"
+        )
+        if args.profile or verdict == "MISSED":
+            profile_fold(db_path, min(count, 200_000))
+
+
+if __name__ == "__main__":
+    main()
