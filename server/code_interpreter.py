@@ -37,7 +37,11 @@ class CodeInterpreter:
         reason = sandbox_status(settings.allow_unsandboxed_code)
         if reason is not None:
             return cls(svc, None, reason)
-        limits = SandboxLimits(wall_time_s=settings.code_wall_time_s, cpu_time_s=int(settings.code_wall_time_s))
+        limits = SandboxLimits(
+            wall_time_s=settings.code_wall_time_s,
+            cpu_time_s=max(1, int(settings.code_wall_time_s)),
+            memory_bytes=settings.code_memory_mb << 20,
+        )
         manager = SandboxManager(settings.sandbox_dir, limits, allow_unsandboxed=settings.allow_unsandboxed_code)
         return cls(svc, manager, None)
 

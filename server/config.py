@@ -29,6 +29,7 @@ class Settings:
     run_expiry_s: int = 600
     max_file_bytes: int = 512 * 1024 * 1024
     code_wall_time_s: float = 60.0
+    code_memory_mb: int = 1024
     allow_unsandboxed_code: bool = False
     lancedb_uri: str | None = None
 
@@ -63,6 +64,7 @@ class Settings:
             "run_expiry_s": int(env.get("THREADLOG_RUN_EXPIRY_SECONDS", "600")),
             "max_file_bytes": int(env.get("THREADLOG_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
             "code_wall_time_s": float(env.get("THREADLOG_CODE_TIMEOUT_SECONDS", "60")),
+            "code_memory_mb": int(env.get("THREADLOG_CODE_MEMORY_MB", "1024")),
             "allow_unsandboxed_code": env.get("THREADLOG_ALLOW_UNSANDBOXED_CODE", "") in ("1", "true", "yes"),
             "lancedb_uri": env.get("THREADLOG_LANCEDB_URI") or None,
         }
@@ -77,6 +79,10 @@ class Settings:
                 f"THREADLOG_SQLITE_SYNCHRONOUS must be one of {', '.join(SYNCHRONOUS_MODES)}, "
                 f"not {self.sqlite_synchronous!r}"
             )
+        if self.code_wall_time_s <= 0:
+            raise ConfigError("THREADLOG_CODE_TIMEOUT_SECONDS must be positive")
+        if self.code_memory_mb < 64:
+            raise ConfigError("THREADLOG_CODE_MEMORY_MB must be at least 64 (Python needs it to start)")
         if not self.api_keys and not is_loopback(self.host):
             raise ConfigError(
                 f"Refusing to listen on {self.host} without API keys: anyone who can reach it could use "

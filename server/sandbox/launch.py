@@ -59,7 +59,7 @@ class LaunchSpec:
     info_fd: int | None = None  # read end of bwrap's --info-fd: the sandbox's pid-1 host pid
 
 
-def kernel_env(data_dir: str, python_bin_dirs: list[str]) -> dict[str, str]:
+def kernel_env(python_bin_dirs: list[str]) -> dict[str, str]:
     """The sandbox's whole environment: nothing is inherited, so no key leaks in."""
     path = ":".join([*python_bin_dirs, "/usr/local/bin", "/usr/bin", "/bin"])
     return {
@@ -81,7 +81,6 @@ def kernel_env(data_dir: str, python_bin_dirs: list[str]) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
         "NUMEXPR_MAX_THREADS": "1",
-        "THREADLOG_DATA_DIR": data_dir,
     }
 
 
@@ -242,7 +241,7 @@ def bwrap_argv(
     argv += ["--remount-ro", "/"]
     argv += ["--clearenv"]
     bin_dirs = list(dict.fromkeys([os.path.dirname(executable), os.path.join(sys.base_prefix, "bin")]))
-    for key, value in kernel_env(SANDBOX_DATA, bin_dirs).items():
+    for key, value in kernel_env(bin_dirs).items():
         argv += ["--setenv", key, value]
     argv += ["--"]
     if mode == "privileged":
@@ -265,7 +264,7 @@ def build_launch(
     if mode == "unsandboxed":
         _, executable = python_roots()
         config = dict(kernel_config, data_dir=str(data_dir))
-        env = kernel_env(str(data_dir), [os.path.dirname(executable)])
+        env = kernel_env([os.path.dirname(executable)])
         env["HOME"] = env["TMPDIR"] = str(data_dir)
         env["MPLCONFIGDIR"] = str(data_dir.parent / "mplconfig")
         argv = [executable, "-I", str(KERNEL_SCRIPT), json.dumps(config)]
