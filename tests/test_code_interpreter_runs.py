@@ -35,8 +35,9 @@ def ci_assistant(sdk: OpenAI) -> Any:  # noqa: F811
 
 
 def _run(sdk: OpenAI, thread_id: str, assistant_id: str) -> Any:  # noqa: F811
-    run = sdk.beta.threads.runs.create_and_poll(thread_id=thread_id, assistant_id=assistant_id,
-                                                poll_interval_ms=50, timeout=30)
+    run = sdk.beta.threads.runs.create_and_poll(
+        thread_id=thread_id, assistant_id=assistant_id, poll_interval_ms=50, timeout=30
+    )
     assert run.status == "completed", (run.status, run.last_error)
     return run
 
@@ -84,14 +85,16 @@ def test_attached_csv_is_readable_with_pandas(sdk: OpenAI, ci_assistant: Any) ->
     code = "import pandas as pd\ndf = pd.read_csv('/mnt/data/scores.csv')\nprint(df['score'].sum(), len(df))"
     # The attachment goes on an earlier message: the server names attachments in the prompt text
     # ("[attached file file-...]"), which the fake upstream's `code:` would swallow into the code.
-    thread = sdk.beta.threads.create(messages=[
-        {
-            "role": "user",
-            "content": "Here is the data.",
-            "attachments": [{"file_id": uploaded.id, "tools": [{"type": "code_interpreter"}]}],
-        },
-        {"role": "user", "content": f"code: {code}"},
-    ])
+    thread = sdk.beta.threads.create(
+        messages=[
+            {
+                "role": "user",
+                "content": "Here is the data.",
+                "attachments": [{"file_id": uploaded.id, "tools": [{"type": "code_interpreter"}]}],
+            },
+            {"role": "user", "content": f"code: {code}"},
+        ]
+    )
     run = _run(sdk, thread.id, ci_assistant.id)
     [call] = _code_calls(sdk, thread.id, run.id)
     assert call.code_interpreter.input == code
@@ -189,3 +192,34 @@ def test_stream_code_input_fragments(sdk: OpenAI, ci_assistant: Any) -> None:  #
     [call] = _code_calls(sdk, thread_id, final.id)
     assert call.code_interpreter.input == code
     assert _logs(call).strip() == "total 45"
+
+
+def test_written_files_become_image_file_content_and_file_path_annotations(
+    sdk: OpenAI,  # noqa: F811
+    ci_assistant: Any,
+) -> None:
+    code = (
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot([3, 1, 2])\n"
+        "plt.savefig('/mnt/data/chart.png')\n"
+        "open('/mnt/data/table.csv', 'w').write('a,b\\n1,2\\n')"
+    )
+    run, call = _code_run(sdk, ci_assistant.id, code)
+    # One image: the saved file. The figure left open is not shown a second time.
+    [image] = [o for o in call.code_interpreter.outputs if o.type == "image"]
+    assert sdk.files.content(image.image.file_id).read().startswith(PNG_SIGNATURE)
+
+    [message] = assistant_text(sdk, run.thread_id, run.id)
+    kinds = [block.type for block in message.content]
+    assert kinds == ["image_file", "text"]
+    assert message.content[0].image_file.file_id == image.image.file_id
+
+    text = message.content[1].text
+    [annotation] = text.annotations
+    assert annotation.type == "file_path"
+    assert annotation.text == "sandbox:/mnt/data/table.csv"
+    assert text.value[annotation.start_index : annotation.end_index] == annotation.text
+    table = sdk.files.retrieve(annotation.file_path.file_id)
+    # As OpenAI names them: by their path in the sandbox.
+    assert (table.filename, table.purpose) == ("/mnt/data/table.csv", "assistants_output")
+    assert sdk.files.content(table.id).read() == b"a,b\n1,2\n"

@@ -136,8 +136,13 @@ class Kernel:
         return message if isinstance(message, dict) else None
 
     # --- figures ----------------------------------------------------------
-    def capture_figures(self) -> None:
-        """Render every open pyplot figure to PNG and close it (the inline backend's job)."""
+    def capture_figures(self, *, end_of_cell: bool = False) -> None:
+        """Render every open pyplot figure to PNG and close it (the inline backend's job).
+
+        At the end of a cell a figure the code already saved to a file is closed without
+        being shown: the saved file is an image output of its own, and showing both would
+        put the same picture in the answer twice.
+        """
         plt = sys.modules.get("matplotlib.pyplot")
         if plt is None:
             return
@@ -148,6 +153,8 @@ class Kernel:
         for number in numbers:
             try:
                 figure = plt.figure(number)
+                if end_of_cell and getattr(figure, "_threadlog_saved_to_file", False):
+                    continue
                 if len(self.images) < MAX_IMAGES:
                     buf = io.BytesIO()
                     figure.savefig(buf, format="png", bbox_inches="tight")
@@ -207,7 +214,7 @@ class Kernel:
         try:
             self.in_cell = True  # rendering a huge figure can also be interrupted
             signal.setitimer(signal.ITIMER_REAL, max(1.0, wall / 4))
-            self.capture_figures()
+            self.capture_figures(end_of_cell=True)
         except BaseException:
             print("[figures could not be rendered in time]", file=sys.stderr)
         finally:
@@ -360,9 +367,28 @@ class _PyplotHook(importlib.abc.MetaPathFinder):
                 kernel.capture_figures()
 
             module.show = show  # type: ignore[attr-defined]
+            _mark_figures_saved_to_files()
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
+
+
+def _mark_figures_saved_to_files() -> None:
+    """Wraps Figure.savefig to remember a figure written to a path (not to a buffer)."""
+    from matplotlib.figure import Figure
+
+    original = Figure.savefig
+    if getattr(original, "_threadlog_wrapped", False):
+        return
+
+    def savefig(self: Any, fname: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, fname, *args, **kwargs)
+        if isinstance(fname, (str, os.PathLike)):
+            self._threadlog_saved_to_file = True
+        return result
+
+    savefig._threadlog_wrapped = True  # type: ignore[attr-defined]
+    Figure.savefig = savefig  # type: ignore[method-assign]
 
 
 def _set_limit(which: int, value: int) -> None:
