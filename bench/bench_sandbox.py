@@ -7,6 +7,13 @@ interpreter start) and on a running one (warm); calls/s with N concurrent
 sessions each running a small CPU loop; peak RSS of the kernels (from /proc).
 Output is returned together with the result, so time to first output equals
 time to result.
+
+With --server (the default; --no-server skips it) the same is measured as a user
+sees it: a real server process with the fake upstream as the model, runs streamed
+over raw SSE, timed from the event that closes the model's code (the last
+`code_interpreter.input` delta) to the first step delta carrying `outputs`, and to
+the step's `thread.run.step.completed`: cold (a new thread each time) and warm
+(the same thread).
 """
 
 from __future__ import annotations
@@ -108,6 +115,8 @@ async def main() -> None:
     parser.add_argument("--warm", type=int, default=100)
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--server-runs", type=int, default=40)
     args = parser.parse_args()
 
     print(machine())
@@ -185,6 +194,79 @@ async def main() -> None:
             print(f"kernel RSS with pandas+numpy imported: {pandas_rss / 1024:.1f} MiB")
         finally:
             await manager.aclose()
+    if args.server:
+        await asyncio.to_thread(through_server, args.server_runs)
+
+
+def through_server(runs: int) -> None:
+    """Tool call → first output / finish, measured on the SSE stream of real runs."""
+    import json
+
+    import httpx
+
+    from server.fake_upstream import serve_in_thread
+    from tests.runs_fixtures import start_server
+
+    upstream = serve_in_thread()
+    with tempfile.TemporaryDirectory(prefix="threadlog-bench-srv-") as root:
+        server = start_server(Path(root) / "data", upstream)
+        try:
+            with httpx.Client(base_url=server.base_url, timeout=60, headers={"OpenAI-Beta": "assistants=v2"}) as http:
+                assistant = http.post(
+                    "/assistants", json={"model": "fake-model", "tools": [{"type": "code_interpreter"}]}
+                ).json()
+
+                def one(thread_id: str | None) -> tuple[float, float, str]:
+                    message = {"role": "user", "content": "code: print(1)"}
+                    if thread_id is None:
+                        url, body = "/threads/runs", {"thread": {"messages": [message]}}
+                    else:
+                        http.post(f"/threads/{thread_id}/messages", json=message).raise_for_status()
+                        url, body = f"/threads/{thread_id}/runs", {}
+                    body |= {"assistant_id": assistant["id"], "stream": True}
+                    code_done = first_output = finished = 0.0
+                    thread = thread_id or ""
+                    with http.stream("POST", url, json=body) as response:
+                        event = ""
+                        for line in response.iter_lines():
+                            if line.startswith("event: "):
+                                event = line[7:]
+                                continue
+                            if not line.startswith("data: ") or line == "data: [DONE]":
+                                continue
+                            now = time.perf_counter()
+                            data = json.loads(line[6:])
+                            if event == "thread.run.created":
+                                thread = data["thread_id"]
+                            calls = (data.get("delta") or data).get("step_details", {}).get("tool_calls") or []
+                            ci = [c.get("code_interpreter") or {} for c in calls if c.get("type") == "code_interpreter"]
+                            if event == "thread.run.step.delta" and any(c.get("input") for c in ci):
+                                code_done = now
+                            if any(c.get("outputs") for c in ci) and not first_output:
+                                first_output = now
+                            if event == "thread.run.step.completed" and ci:
+                                finished = now
+                    assert code_done and first_output and finished, "no code_interpreter step seen"
+                    return first_output - code_done, finished - code_done, thread
+
+                _, _, warm_thread = one(None)
+                cold_first, cold_done, warm_first, warm_done = [], [], [], []
+                for _ in range(max(1, runs // 4)):
+                    a, b, _ = one(None)
+                    cold_first.append(a)
+                    cold_done.append(b)
+                for _ in range(runs):
+                    a, b, _ = one(warm_thread)
+                    warm_first.append(a)
+                    warm_done.append(b)
+            print("through the server (tool call = last code input delta on the SSE stream):")
+            print(describe("cold: call -> first output", cold_first))
+            print(describe("cold: call -> step completed", cold_done))
+            print(describe("warm: call -> first output", warm_first))
+            print(describe("warm: call -> step completed", warm_done))
+        finally:
+            server.stop()
+            upstream.stop()
 
 
 if __name__ == "__main__":
