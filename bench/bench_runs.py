@@ -1,27 +1,39 @@
-"""Benchmark the run engine: a real `threadlog serve` process against a zero-latency fake upstream.
+"""Benchmark the run engine: a real `threadlog serve` process against a zero-latency upstream.
 
-    python bench/bench_runs.py            # full run (about a minute)
-    python bench/bench_runs.py --quick    # short run
+    python bench/bench_runs.py                  # full run (a few minutes on 2 cores)
+    python bench/bench_runs.py --quick          # short run
+    python bench/bench_runs.py --upstream fake  # use server/fake_upstream.py (in this process)
+
+Three processes: the server under test, a zero-latency upstream on loopback, and this
+client. The default upstream is a lean one (`_LeanUpstream` below, its own process, about
+a microsecond per token) because server/fake_upstream.py (Starlette, a JSON encode per
+chunk) costs tens of microseconds per token and, run in a thread here, would share this
+client's GIL: with it, throughput and latency partly measure the stand-in for the model.
 
 Measures, and prints beside the goals:
 
 1. run create -> first SSE byte, p50/p99 (goal p50 <= 3 ms, p99 <= 20 ms): sequential
    `POST /v1/threads/{id}/runs` with `"stream": true`, timed from the request's first byte
    sent to the first byte of the response body (the `thread.run.created` event).
-2. extra latency per delta between upstream and client, p50 (goal <= 1 ms). The fake
-   upstream runs in this process, so its emit time of each token and the client's receive
-   time of the same token share one clock; each token is unique. The same measurement made
-   directly against the upstream (no Threadlog in between) is subtracted, which removes the
-   client's own cost. The upstream paces tokens with `slow:`; the gaps between deltas the
-   client sees are also compared with the upstream's own gaps.
+2. extra latency per delta between upstream and client, p50 (goal <= 1 ms). Each token
+   carries the CLOCK_MONOTONIC time at which the upstream wrote it (lean upstream; with the
+   fake one, a hook records it in this process); the client notes when the delta holding
+   it arrives (perf_counter is the same clock). The same measurement made directly against
+   the upstream (no Threadlog in between) is subtracted, which removes the loopback and
+   the client's own cost. Tokens are paced (10 ms) so each one is a separate event.
 3. delta events/s relayed and persisted by one server process (goal >= 10,000/s): many
    concurrent `long: 500` runs with no pacing, every stream read to its end by a client;
-   the log's head before and after gives what was persisted.
+   the log's head before and after gives what was persisted, and one run's stored events
+   are read back to check its deltas are all in the log. The server's CPU time is
+   reported too: deltas per server CPU-second is the figure that does not depend on what
+   else the machine runs.
 4. 500 concurrent streaming runs in one process: errors (goal 0), p99 gap between deltas
-   of a run (against the upstream's pacing), and the server process's peak RSS (VmHWM).
+   of a run (against the upstream's pacing), and the server process's peak RSS (VmHWM,
+   reset before this section where the kernel allows it).
 
 The client is a minimal HTTP/1.1 client on asyncio streams (keep-alive, chunked bodies), so
-that the benchmark measures the server rather than a client library's parsing.
+that the benchmark measures the server rather than a client library's parsing. The load
+average is printed with each section: the figures are only comparable on an idle machine.
 """
 
 from __future__ import annotations
@@ -31,10 +43,13 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import platform
+import re
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -142,6 +157,114 @@ class Conn:
             yield time.perf_counter(), chunk
 
 
+# ------------------------------------------------------------------ the lean upstream
+
+
+LEAN_DIRECTIVE = re.compile(rb"(long|slow|stamp):\s*(\d+)")
+
+
+class _LeanUpstream(asyncio.Protocol):
+    """A minimal Chat Completions streaming endpoint (HTTP/1.1 keep-alive, chunked SSE).
+
+    It reads `long: N` (N tokens), `stamp: N` (N tokens, each carrying the
+    CLOCK_MONOTONIC nanoseconds at which it was written) and `slow: MS` (pause before
+    each token) from the request body, and answers any POST with that stream, a finish
+    chunk, a usage chunk and `[DONE]`. Chunks are pre-encoded byte templates, so one
+    token costs the upstream about a microsecond: what the benchmark measures is
+    Threadlog, not its stand-in for a model.
+    """
+
+    _PREFIX = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"fake-model",'
+    _HEAD = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+        b"transfer-encoding: chunked\r\n\r\n"
+    )
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].lower()
+            length = 0
+            at = head.find(b"content-length:")
+            if at >= 0:
+                length = int(head[at + 15 :].split(b"\r\n", 1)[0])
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
+            if head.startswith(b"get"):
+                self._write(
+                    b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"data":[]}'
+                )
+                continue
+            previous = self.task
+            self.task = asyncio.get_running_loop().create_task(self._stream(body, previous))
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _chunk(self, payload: bytes) -> bytes:
+        event = b"data: " + payload + b"\n\n"
+        return b"%x\r\n%s\r\n" % (len(event), event)
+
+    async def _stream(self, body: bytes, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        found = {m.group(1): int(m.group(2)) for m in LEAN_DIRECTIVE.finditer(body)}
+        stamp = b"stamp" in found
+        count = found.get(b"stamp" if stamp else b"long", 1)
+        pause = found.get(b"slow", 0) / 1000
+        self._write(self._HEAD)
+        self._write(
+            self._chunk(
+                self._PREFIX
+                + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}'
+            )
+        )
+        before = self._PREFIX + b'"choices":[{"index":0,"delta":{"content":"'
+        after = b'"},"finish_reason":null}]}'
+        for i in range(count):
+            if pause:
+                await asyncio.sleep(pause)
+            token = b"t%d " % time.perf_counter_ns() if stamp else b"w%d " % i
+            self._write(self._chunk(before + token + after))
+        self._write(self._chunk(self._PREFIX + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'))
+        usage = b'"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":%d,"total_tokens":%d}}' % (
+            count,
+            count + 10,
+        )
+        self._write(self._chunk(self._PREFIX + usage))
+        self._write(self._chunk(b"[DONE]"))
+        self._write(b"0\r\n\r\n")
+
+
+async def _serve_lean(port_file: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_LeanUpstream, "127.0.0.1", 0, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    Path(port_file).write_text(str(port))
+    await asyncio.Event().wait()
+
+
 # ------------------------------------------------------------------------ helpers
 
 
@@ -164,9 +287,17 @@ def machine() -> str:
         pass
     loop = "uvloop" if _uvloop() is not None else "asyncio"
     return (
-        f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()} "
+        f"{os.cpu_count()} cores, CPU {model}, Python {platform.python_version()} "
         f"({platform.python_implementation()}), {platform.system()} {platform.release()}, client loop {loop}"
     )
+
+
+def load() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load ?"
+    return f"load {one:.2f}/{five:.2f} (1/5 min)"
 
 
 def _uvloop() -> Any:
@@ -185,16 +316,109 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0, needs ptrace rights over `pid`)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def goal(ok: bool) -> str:
     return "OK  " if ok else "MISS"
+
+
+# ----------------------------------------------------------------------- upstreams
+
+
+@dataclass
+class Upstream:
+    """Either upstream, as the benchmark needs it."""
+
+    kind: str  # "lean" or "fake"
+    host: str
+    port: int
+    pid: int | None  # its own process, when it has one (CPU accounting)
+    stop: Any
+    emit_times: dict[str, float] = field(default_factory=dict)  # fake: token -> emit time
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def long_text(self, tokens: int, pace_ms: int = 0) -> str:
+        return f"long: {tokens}" + (f"\nslow: {pace_ms}" if pace_ms else "")
+
+    def stamped_text(self, tag: str, tokens: int, pace_ms: int) -> str:
+        """A prompt whose reply tokens each tell when the upstream emitted them."""
+        if self.kind == "lean":
+            return f"stamp: {tokens}\nslow: {pace_ms}"
+        words = " ".join(f"{tag}x{i}" for i in range(tokens))
+        return f"say: {words}\nslow: {pace_ms}"
+
+    def emitted_at(self, token: str) -> float:
+        token = token.strip()
+        if self.kind == "lean":
+            return int(token[1:]) / 1e9
+        return self.emit_times[token]
+
+
+def start_lean_upstream() -> Upstream:
+    port_file = Path(tempfile.mkdtemp(prefix="threadlog-bench-up-")) / "port"
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve-lean-upstream", str(port_file)])
+    deadline = time.monotonic() + 10
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the lean upstream did not start")
+        time.sleep(0.02)  # waiting for another process to come up
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(5)
+
+    return Upstream("lean", "127.0.0.1", int(port_file.read_text()), proc.pid, stop)
+
+
+def start_fake_upstream() -> Upstream:
+    sys.setswitchinterval(0.0005)  # the fake upstream shares this process: keep thread hand-offs short
+    running = fake.serve_in_thread()
+    upstream = Upstream("fake", running.host, running.port, None, running.stop)
+    original = fake.sse
+
+    def timed_sse(data: Any) -> bytes:
+        """Record when the fake upstream writes each content token (it runs in this process)."""
+        if isinstance(data, dict):
+            for choice in data.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    upstream.emit_times[content.strip()] = time.perf_counter()
+        return original(data)
+
+    fake.sse = timed_sse  # type: ignore[assignment]
+    return upstream
 
 
 @dataclass
 class Bench:
     server: ServerProcess
-    upstream: fake.RunningUpstream
+    upstream: Upstream
     assistant_id: str = ""
-    emit_times: dict[str, float] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -204,14 +428,22 @@ class Bench:
     def port(self) -> int:
         return self.server.port
 
+    @property
+    def pid(self) -> int | None:
+        return self.server.process.pid if self.server.process else None
+
     async def conn(self) -> Conn:
         return await Conn(self.host, self.port).open()
 
-    async def threads(self, conn: Conn, texts: list[str]) -> list[str]:
+    async def threads(self, texts: list[str]) -> list[str]:
+        conn = await self.conn()
         ids = []
-        for text in texts:
-            thread = await conn.request("POST", "/v1/threads", {"messages": [{"role": "user", "content": text}]})
-            ids.append(thread["id"])
+        try:
+            for text in texts:
+                thread = await conn.request("POST", "/v1/threads", {"messages": [{"role": "user", "content": text}]})
+                ids.append(thread["id"])
+        finally:
+            await conn.close()
         return ids
 
     async def head(self) -> int:
@@ -221,10 +453,28 @@ class Bench:
         finally:
             await conn.close()
 
+    def run_body(self) -> dict[str, Any]:
+        return {"assistant_id": self.assistant_id, "stream": True}
+
+
+def _events(chunk: bytes) -> list[tuple[str, bytes]]:
+    """(event name, data) of each SSE event in a chunk (sse-starlette writes one event per chunk)."""
+    out = []
+    for block in chunk.split(b"\r\n\r\n"):
+        name, data = "", b""
+        for line in block.split(b"\r\n"):
+            if line.startswith(b"event: "):
+                name = line[7:].decode()
+            elif line.startswith(b"data: "):
+                data = line[6:]
+        if name:
+            out.append((name, data))
+    return out
+
 
 def _last_event(chunks: list[bytes]) -> str:
     for chunk in reversed(chunks):
-        for line in chunk.split(b"\r\n"):
+        for line in reversed(chunk.split(b"\r\n")):
             if line.startswith(b"event: thread.run."):
                 return line[len(b"event: ") :].decode()
     return ""
@@ -234,19 +484,20 @@ def _last_event(chunks: list[bytes]) -> str:
 
 
 async def first_byte(bench: Bench, n: int, warmup: int) -> dict[str, float]:
+    threads = await bench.threads([bench.upstream.long_text(1)] * (n + warmup))
     conn = await bench.conn()
-    threads = await bench.threads(conn, ["say: hi"] * (n + warmup))
     samples: list[float] = []
     for i, thread_id in enumerate(threads):
-        body = {"assistant_id": bench.assistant_id, "stream": True}
         start = first = None
         chunks = []
-        async for at, chunk in conn.stream("POST", f"/v1/threads/{thread_id}/runs", body):
+        async for at, chunk in conn.stream("POST", f"/v1/threads/{thread_id}/runs", bench.run_body()):
             if start is None:
                 start = at
                 continue
             if first is None:
                 first = at
+                if not chunk.startswith(b"id: ") or b"event: thread.run.created" not in chunk:
+                    raise RuntimeError(f"first SSE event is not thread.run.created: {chunk[:80]!r}")
             chunks.append(chunk)
         assert start is not None and first is not None
         if _last_event(chunks) != "thread.run.completed":
@@ -260,81 +511,58 @@ async def first_byte(bench: Bench, n: int, warmup: int) -> dict[str, float]:
 # --------------------------------------------------------------- 2. per-delta latency
 
 
-def _install_emit_clock(bench: Bench) -> None:
-    """Record when the fake upstream writes each content token (it runs in this process)."""
-    original = fake.sse
-
-    def timed_sse(data: Any) -> bytes:
-        if isinstance(data, dict):
-            for choice in data.get("choices") or []:
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    bench.emit_times[content.strip()] = time.perf_counter()
-        return original(data)
-
-    fake.sse = timed_sse
-
-
 def _delta_values(chunk: bytes) -> list[str]:
     values = []
-    for block in chunk.split(b"\r\n\r\n"):
-        if DELTA not in block:
+    for name, data in _events(chunk):
+        if name != "thread.message.delta":
             continue
-        for line in block.split(b"\r\n"):
-            if line.startswith(b"data: "):
-                data = json.loads(line[6:])
-                for part in data["delta"]["content"]:
-                    if "value" in part.get("text", {}):
-                        values.append(part["text"]["value"])
+        for part in json.loads(data)["delta"]["content"]:
+            if "value" in part.get("text", {}):
+                values.append(part["text"]["value"])
     return values
 
 
 async def delta_latency(bench: Bench, runs: int, tokens: int, pace_ms: int) -> dict[str, float]:
+    up = bench.upstream
+    threads = await bench.threads([up.stamped_text(f"s{r}", tokens, pace_ms) for r in range(runs)])
     conn = await bench.conn()
-    texts = []
-    for r in range(runs):
-        words = " ".join(f"s{r}x{i}" for i in range(tokens))
-        texts.append(f"say: {words}\nslow: {pace_ms}")
-    threads = await bench.threads(conn, texts)
     via: list[float] = []
     extra_gap: list[float] = []
     for thread_id in threads:
-        received: list[tuple[str, float]] = []
-        async for at, chunk in conn.stream(
-            "POST", f"/v1/threads/{thread_id}/runs", {"assistant_id": bench.assistant_id, "stream": True}
-        ):
+        received: list[tuple[float, float]] = []  # (emitted, received)
+        async for at, chunk in conn.stream("POST", f"/v1/threads/{thread_id}/runs", bench.run_body()):
             for value in _delta_values(chunk):
-                received.append((value.strip(), at))
-        for token, at in received:
-            via.append((at - bench.emit_times[token]) * 1000)
-        for (t0, a0), (t1, a1) in itertools.pairwise(received):
-            up_gap = bench.emit_times[t1] - bench.emit_times[t0]
-            extra_gap.append(((a1 - a0) - up_gap) * 1000)
+                received.append((up.emitted_at(value), at))
+        if len(received) != tokens:
+            raise RuntimeError(f"{len(received)} deltas for {tokens} tokens")
+        via += [(at - emitted) * 1000 for emitted, at in received]
+        for (e0, a0), (e1, a1) in itertools.pairwise(received):
+            extra_gap.append(((a1 - a0) - (e1 - e0)) * 1000)
     await conn.close()
 
     # Baseline: the same client reading the same kind of stream straight from the upstream.
     direct: list[float] = []
-    up = await Conn(bench.upstream.host, bench.upstream.port).open()
+    upc = await Conn(up.host, up.port).open()
     for r in range(runs):
-        words = " ".join(f"d{r}x{i}" for i in range(tokens))
         body = {
             "model": MODEL,
             "stream": True,
-            "messages": [{"role": "user", "content": f"say: {words}\nslow: {pace_ms}"}],
+            "messages": [{"role": "user", "content": up.stamped_text(f"d{r}", tokens, pace_ms)}],
         }
-        async for at, chunk in up.stream("POST", "/v1/chat/completions", body):
+        async for at, chunk in upc.stream("POST", "/v1/chat/completions", body):
             for line in chunk.split(b"\n"):
                 if line.startswith(b"data: {"):
                     for choice in json.loads(line[6:])["choices"]:
                         content = (choice.get("delta") or {}).get("content")
                         if content:
-                            direct.append((at - bench.emit_times[content.strip()]) * 1000)
-    await up.close()
+                            direct.append((at - up.emitted_at(content)) * 1000)
+    await upc.close()
     return {
         "via_p50": pct(via, 50),
         "via_p99": pct(via, 99),
         "direct_p50": pct(direct, 50),
         "extra_p50": pct(via, 50) - pct(direct, 50),
+        "extra_p99": pct(via, 99) - pct(direct, 99),
         "extra_gap_p50": pct(extra_gap, 50),
         "extra_gap_p99": pct(extra_gap, 99),
         "n": len(via),
@@ -351,9 +579,14 @@ class StreamResult:
     error: str | None = None
     gaps: list[float] = field(default_factory=list)
     first_byte: float | None = None
+    run_id: str = ""
+    latencies: list[float] = field(default_factory=list)  # upstream emit -> client, ms (stamped tokens)
 
 
-async def _consume(bench: Bench, thread_id: str, record_gaps: bool) -> StreamResult:
+_RUN_ID = re.compile(rb'"id":"(run_[^"]+)"')
+
+
+async def _consume(bench: Bench, thread_id: str, record_gaps: bool, stamped: bool = False) -> StreamResult:
     result = StreamResult()
     conn: Conn | None = None
     try:
@@ -361,14 +594,14 @@ async def _consume(bench: Bench, thread_id: str, record_gaps: bool) -> StreamRes
         start: float | None = None
         last_delta: float | None = None
         tail: list[bytes] = []
-        async for at, chunk in conn.stream(
-            "POST", f"/v1/threads/{thread_id}/runs", {"assistant_id": bench.assistant_id, "stream": True}
-        ):
+        async for at, chunk in conn.stream("POST", f"/v1/threads/{thread_id}/runs", bench.run_body()):
             if start is None:
                 start = at
                 continue
             if result.first_byte is None:
                 result.first_byte = (at - start) * 1000
+                found = _RUN_ID.search(chunk)
+                result.run_id = found.group(1).decode() if found else ""
             count = chunk.count(DELTA)
             if count:
                 result.deltas += count
@@ -376,6 +609,8 @@ async def _consume(bench: Bench, thread_id: str, record_gaps: bool) -> StreamRes
                     if last_delta is not None:
                         result.gaps.append((at - last_delta) * 1000)
                     last_delta = at
+                if stamped:
+                    result.latencies += [(at - bench.upstream.emitted_at(v)) * 1000 for v in _delta_values(chunk)]
             tail = [*tail[-3:], chunk]
         result.last_event = _last_event(tail)
         if result.last_event != "thread.run.completed":
@@ -388,17 +623,31 @@ async def _consume(bench: Bench, thread_id: str, record_gaps: bool) -> StreamRes
     return result
 
 
-async def throughput(bench: Bench, runs: int, tokens: int) -> dict[str, float]:
+async def _stored_deltas(bench: Bench, thread_id: str, run_id: str) -> int:
+    """How many thread.message.delta events the log holds for a run (read back via /events)."""
     conn = await bench.conn()
-    threads = await bench.threads(conn, [f"long: {tokens}"] * runs)
-    await conn.close()
+    count = 0
+    try:
+        async for _, chunk in conn.stream("GET", f"/v1/threads/{thread_id}/runs/{run_id}/events", None):
+            count += chunk.count(DELTA)
+    finally:
+        await conn.close()
+    return count
+
+
+async def throughput(bench: Bench, runs: int, tokens: int) -> dict[str, Any]:
+    threads = await bench.threads([bench.upstream.long_text(tokens)] * runs)
     head0 = await bench.head()
+    cpu0 = cpu_seconds(bench.pid), cpu_seconds(bench.upstream.pid), time.process_time()
     started = time.perf_counter()
     results = await asyncio.gather(*(_consume(bench, t, record_gaps=False) for t in threads))
     wall = time.perf_counter() - started
+    cpu1 = cpu_seconds(bench.pid), cpu_seconds(bench.upstream.pid), time.process_time()
     head1 = await bench.head()
     deltas = sum(r.deltas for r in results)
     errors = [r.error for r in results if r.error]
+    stored = await _stored_deltas(bench, threads[-1], results[-1].run_id) if results[-1].run_id else -1
+    server_cpu = cpu1[0] - cpu0[0]
     return {
         "runs": runs,
         "deltas": deltas,
@@ -407,8 +656,13 @@ async def throughput(bench: Bench, runs: int, tokens: int) -> dict[str, float]:
         "relayed_per_s": deltas / wall,
         "persisted_per_s": (head1 - head0) / wall,
         "persisted": head1 - head0,
-        "errors": len(errors),
-        "first_error": errors[0] if errors else "",
+        "stored_one_run": stored,
+        "server_cpu": server_cpu,
+        "per_cpu_s": deltas / server_cpu if server_cpu > 0 else float("nan"),
+        "upstream_cpu": cpu1[1] - cpu0[1],
+        "client_cpu": cpu1[2] - cpu0[2],
+        "errors": len(errors) + (deltas != runs * tokens),
+        "first_error": errors[0] if errors else ("missing deltas" if deltas != runs * tokens else ""),
     }
 
 
@@ -416,12 +670,25 @@ async def throughput(bench: Bench, runs: int, tokens: int) -> dict[str, float]:
 
 
 async def concurrent(bench: Bench, runs: int, tokens: int, pace_ms: int) -> dict[str, Any]:
-    conn = await bench.conn()
-    threads = await bench.threads(conn, [f"long: {tokens}\nslow: {pace_ms}"] * runs)
-    await conn.close()
+    stamped = bench.upstream.kind == "lean"
+    text = bench.upstream.stamped_text("c", tokens, pace_ms) if stamped else bench.upstream.long_text(tokens, pace_ms)
+    threads = await bench.threads([text] * runs)
+    assert bench.pid is not None
+    rss_before = (
+        int(
+            next(
+                line for line in Path(f"/proc/{bench.pid}/status").read_text().splitlines() if line.startswith("VmRSS:")
+            ).split()[1]
+        )
+        / 1024
+    )
+    reset = reset_peak_rss(bench.pid)
+    cpu0 = cpu_seconds(bench.pid)
     started = time.perf_counter()
-    results = await asyncio.gather(*(_consume(bench, t, record_gaps=True) for t in threads))
+    results = await asyncio.gather(*(_consume(bench, t, record_gaps=True, stamped=stamped) for t in threads))
     wall = time.perf_counter() - started
+    server_cpu = cpu_seconds(bench.pid) - cpu0
+    latencies = [x for r in results for x in r.latencies]
     errors = [r.error for r in results if r.error]
     short = [r for r in results if not r.error and r.deltas != tokens]
     gaps = [g for r in results for g in r.gaps]
@@ -433,10 +700,15 @@ async def concurrent(bench: Bench, runs: int, tokens: int, pace_ms: int) -> dict
         "gap_p50": pct(gaps, 50),
         "gap_p99": pct(gaps, 99),
         "gap_max": max(gaps) if gaps else float("nan"),
+        "latency_p50": pct(latencies, 50),
+        "latency_p99": pct(latencies, 99),
         "first_byte_p50": pct(first, 50),
         "first_byte_p99": pct(first, 99),
         "wall": wall,
-        "rss_mb": peak_rss_mb(bench.server.process.pid) if bench.server.process else float("nan"),
+        "server_cpu": server_cpu,
+        "rss_before": rss_before,
+        "rss_mb": peak_rss_mb(bench.pid),
+        "rss_reset": reset,
         "deltas": sum(r.deltas for r in results),
     }
 
@@ -444,65 +716,91 @@ async def concurrent(bench: Bench, runs: int, tokens: int, pace_ms: int) -> dict
 # ---------------------------------------------------------------------------- main
 
 
-async def main_async(args: argparse.Namespace, bench: Bench) -> None:
+async def main_async(args: argparse.Namespace, bench: Bench) -> list[str]:
     conn = await bench.conn()
     bench.assistant_id = (await conn.request("POST", "/v1/assistants", {"model": MODEL}))["id"]
     await conn.close()
-    _install_emit_clock(bench)
-
-    print(f"machine: {machine()}")
-    print(f"server pid {bench.server.process.pid if bench.server.process else '?'}; upstream {bench.upstream.base_url}")
-    print()
-
+    summary: list[str] = []
     sections = set(args.sections.split(","))
     if "1" in sections:
-        await _section_first_byte(args, bench)
+        summary += await _section_first_byte(args, bench)
     if "2" in sections:
-        await _section_latency(args, bench)
+        summary += await _section_latency(args, bench)
     if "3" in sections:
-        await _section_throughput(args, bench)
+        summary += await _section_throughput(args, bench)
     if "4" in sections:
-        await _section_concurrent(args, bench)
+        summary += await _section_concurrent(args, bench)
+    return summary
 
 
-async def _section_first_byte(args: argparse.Namespace, bench: Bench) -> None:
+async def _section_first_byte(args: argparse.Namespace, bench: Bench) -> list[str]:
     fb = await first_byte(bench, args.first_byte_runs, warmup=20)
-    print(f"1. run create -> first SSE byte ({fb['n']:.0f} sequential runs)")
+    print(f"1. run create -> first SSE byte ({fb['n']:.0f} sequential runs)   [{load()}]")
     print(f"   p50 {fb['p50']:.2f} ms  [{goal(fb['p50'] <= 3)} goal <= 3 ms]")
-    print(f"   p99 {fb['p99']:.2f} ms  [{goal(fb['p99'] <= 20)} goal <= 20 ms]   (mean {fb['mean']:.2f} ms)")
+    print(
+        f"   p99 {fb['p99']:.2f} ms  [{goal(fb['p99'] <= 20)} goal <= 20 ms]   (mean {fb['mean']:.2f} ms)", flush=True
+    )
+    return [
+        f"run create -> first SSE byte p50   {fb['p50']:8.2f} ms      goal <= 3 ms       {goal(fb['p50'] <= 3)}",
+        f"run create -> first SSE byte p99   {fb['p99']:8.2f} ms      goal <= 20 ms      {goal(fb['p99'] <= 20)}",
+    ]
 
 
-async def _section_latency(args: argparse.Namespace, bench: Bench) -> None:
+async def _section_latency(args: argparse.Namespace, bench: Bench) -> list[str]:
     lat = await delta_latency(bench, args.latency_runs, tokens=40, pace_ms=10)
-    print(f"2. extra latency per delta, upstream -> client ({lat['n']:.0f} deltas, upstream paced at 10 ms)")
+    print(f"2. extra latency per delta, upstream -> client ({lat['n']:.0f} deltas, paced at 10 ms)   [{load()}]")
     print(
         f"   p50 {lat['extra_p50']:.3f} ms  [{goal(lat['extra_p50'] <= 1)} goal <= 1 ms]"
-        f"   (upstream emit -> client via Threadlog p50 {lat['via_p50']:.3f} ms, p99 {lat['via_p99']:.3f} ms;"
-        f" direct from upstream p50 {lat['direct_p50']:.3f} ms)"
+        f"   (p99 {lat['extra_p99']:.3f} ms)"
+    )
+    print(
+        f"   upstream emit -> client via Threadlog p50 {lat['via_p50']:.3f} ms, p99 {lat['via_p99']:.3f} ms;"
+        f" directly from the upstream p50 {lat['direct_p50']:.3f} ms"
     )
     print(
         f"   inter-delta gap at the client minus the upstream's gap: p50 {lat['extra_gap_p50']:+.3f} ms,"
-        f" p99 {lat['extra_gap_p99']:+.3f} ms"
+        f" p99 {lat['extra_gap_p99']:+.3f} ms",
+        flush=True,
     )
+    return [
+        f"extra latency per delta p50        {lat['extra_p50']:8.3f} ms      goal <= 1 ms       "
+        f"{goal(lat['extra_p50'] <= 1)}"
+    ]
 
 
-async def _section_throughput(args: argparse.Namespace, bench: Bench) -> None:
+async def _section_throughput(args: argparse.Namespace, bench: Bench) -> list[str]:
     tp = await throughput(bench, args.throughput_runs, args.throughput_tokens)
-    print(f"3. delta events relayed and persisted ({tp['runs']:.0f} concurrent runs x long: {args.throughput_tokens})")
+    print(
+        f"3. delta events relayed and persisted ({tp['runs']:.0f} concurrent runs x {args.throughput_tokens} tokens)"
+        f"   [{load()}]"
+    )
     print(
         f"   relayed {tp['relayed_per_s']:,.0f} deltas/s  [{goal(tp['relayed_per_s'] >= 10_000)} goal >= 10,000/s]"
         f"   ({tp['deltas']:.0f}/{tp['expected']:.0f} deltas in {tp['wall']:.2f} s)"
     )
-    print(f"   persisted {tp['persisted_per_s']:,.0f} events/s ({tp['persisted']:.0f} events, deltas included)")
+    print(
+        f"   persisted {tp['persisted_per_s']:,.0f} events/s ({tp['persisted']:.0f} events, deltas included;"
+        f" one run read back from the log: {tp['stored_one_run']} of {args.throughput_tokens} deltas)"
+    )
+    print(
+        f"   CPU: server {tp['server_cpu']:.2f} s = {tp['per_cpu_s']:,.0f} deltas per server CPU-second"
+        f" ({1e6 / tp['per_cpu_s']:.0f} us/delta); upstream {tp['upstream_cpu']:.2f} s;"
+        f" client {tp['client_cpu']:.2f} s",
+        flush=True,
+    )
     if tp["errors"]:
         print(f"   errors {tp['errors']:.0f}: {tp['first_error']}")
+    return [
+        f"delta events relayed+persisted/s   {tp['relayed_per_s']:8,.0f}         goal >= 10,000     "
+        f"{goal(tp['relayed_per_s'] >= 10_000)}  ({tp['per_cpu_s']:,.0f} per server CPU-s)"
+    ]
 
 
-async def _section_concurrent(args: argparse.Namespace, bench: Bench) -> None:
+async def _section_concurrent(args: argparse.Namespace, bench: Bench) -> list[str]:
     many = await concurrent(bench, args.concurrent_runs, args.concurrent_tokens, args.concurrent_pace_ms)
     print(
-        f"4. {many['runs']} concurrent streaming runs (long: {args.concurrent_tokens}, "
-        f"slow: {args.concurrent_pace_ms} ms) in one server process"
+        f"4. {many['runs']} concurrent streaming runs ({args.concurrent_tokens} tokens each, "
+        f"paced {args.concurrent_pace_ms} ms) in one server process   [{load()}]"
     )
     print(
         f"   errors {many['errors']}  [{goal(many['errors'] == 0)} goal 0]"
@@ -512,15 +810,33 @@ async def _section_concurrent(args: argparse.Namespace, bench: Bench) -> None:
         f"   gap between deltas p50 {many['gap_p50']:.1f} ms, p99 {many['gap_p99']:.1f} ms,"
         f" max {many['gap_max']:.1f} ms (upstream pacing {args.concurrent_pace_ms} ms)"
     )
+    if not math.isnan(many["latency_p50"]):
+        print(
+            f"   upstream emit -> client per delta under this load: p50 {many['latency_p50']:.1f} ms,"
+            f" p99 {many['latency_p99']:.1f} ms"
+        )
     print(f"   first SSE byte under this load p50 {many['first_byte_p50']:.1f} ms, p99 {many['first_byte_p99']:.1f} ms")
+    peak = "peak" if many["rss_reset"] else "peak (over the whole benchmark: VmHWM could not be reset)"
     print(
-        f"   peak RSS of the server process {many['rss_mb']:.0f} MB   ({many['deltas']} deltas in {many['wall']:.1f} s)"
+        f"   {peak} RSS of the server process {many['rss_mb']:.0f} MB"
+        f" (RSS before the runs {many['rss_before']:.0f} MB);"
+        f" {many['deltas']} deltas in {many['wall']:.1f} s, server CPU {many['server_cpu']:.1f} s",
+        flush=True,
     )
+    return [
+        f"{many['runs']} concurrent runs: errors        {many['errors']:8d}         goal 0             "
+        f"{goal(many['errors'] == 0)}",
+        f"{many['runs']} concurrent runs: delta gap p99 {many['gap_p99']:8.1f} ms      "
+        f"(pacing {args.concurrent_pace_ms} ms; p50 {many['gap_p50']:.1f} ms)",
+        f"{many['runs']} concurrent runs: delta latency p99 {many['latency_p99']:4.1f} ms  (upstream emit -> client)",
+        f"{many['runs']} concurrent runs: peak RSS      {many['rss_mb']:8.0f} MB",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
+    parser.add_argument("--upstream", choices=("lean", "fake"), default="lean", help="the zero-latency upstream")
     parser.add_argument("--first-byte-runs", type=int, default=None)
     parser.add_argument("--latency-runs", type=int, default=None)
     parser.add_argument("--throughput-runs", type=int, default=None)
@@ -529,33 +845,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent-tokens", type=int, default=None)
     parser.add_argument("--concurrent-pace-ms", type=int, default=100)
     parser.add_argument("--sections", default="1,2,3,4", help="which measurements to run, e.g. 1,3")
+    parser.add_argument("--serve-lean-upstream", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_lean_upstream:
+        uv = _uvloop()
+        runner = uv.run if uv is not None else asyncio.run
+        with contextlib.suppress(KeyboardInterrupt):
+            runner(_serve_lean(args.serve_lean_upstream))
+        return 0
     defaults = {
-        "first_byte_runs": (50, 300),
-        "latency_runs": (3, 10),
+        "first_byte_runs": (50, 1000),
+        "latency_runs": (3, 20),
         "throughput_runs": (10, 40),
-        "concurrent_tokens": (20, 50),
+        "concurrent_tokens": (20, 100),
     }
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
 
-    sys.setswitchinterval(0.0005)  # the fake upstream shares this process: keep thread hand-offs short
-    upstream = fake.serve_in_thread()
+    upstream = start_lean_upstream() if args.upstream == "lean" else start_fake_upstream()
     data_dir = Path(tempfile.mkdtemp(prefix="threadlog-bench-")) / "data"
     server = ServerProcess(
         data_dir=data_dir,
         env={"THREADLOG_UPSTREAM_BASE_URL": upstream.base_url, "THREADLOG_UPSTREAM_MAX_RETRIES": "0"},
     ).start()
+    print(f"machine: {machine()}")
+    print(f"server pid {server.process.pid if server.process else '?'}; {args.upstream} upstream {upstream.base_url}")
+    print(f"start: {load()}", flush=True)
+    print()
+    started = time.perf_counter()
     try:
         uv = _uvloop()
-        if uv is not None:
-            uv.run(main_async(args, Bench(server, upstream)))
-        else:
-            asyncio.run(main_async(args, Bench(server, upstream)))
+        runner = uv.run if uv is not None else asyncio.run
+        summary = runner(main_async(args, Bench(server, upstream)))
     finally:
         server.stop()
         upstream.stop()
+    print()
+    print("=" * 100)
+    print(f"SUMMARY bench_runs ({args.upstream} upstream, {time.perf_counter() - started:.0f} s, end {load()})")
+    print(f"machine: {machine()}")
+    for line in summary:
+        print("  " + line)
+    print("=" * 100)
     return 0
 
 

@@ -21,7 +21,7 @@ from server.routes.threads import create_thread_events
 from server.runs.manager import CannotCancel, RunManager
 from server.runs.objects import now
 from server.services import Services, services
-from server.sse import run_stream_response
+from server.sse import OPENAI_STREAM_EVENTS, run_stream_response
 from server.threads import active_run, append_decided, check_attachments, message_object, require_thread
 from server.tool_resources import check_tools
 
@@ -116,8 +116,9 @@ def _run_created(run: dict[str, Any]) -> list[NewEvent]:
 def _respond(svc: Services, run: dict[str, Any], stored: list[StoredEvent], stream: bool | None) -> Response:
     if not stream:
         return JSONResponse(run)
-    first = next(e for e in stored if e.run_id == run["id"])
-    return run_stream_response(svc.store, run["id"], after=first.sequence - 1)
+    # The events just committed go out at once, without reading them back from the log.
+    own = [e for e in stored if e.run_id == run["id"] and e.type in OPENAI_STREAM_EVENTS]
+    return run_stream_response(svc.store, run["id"], after=own[-1].sequence, prefix=own)
 
 
 async def create_run(request: Request) -> Response:
@@ -254,7 +255,7 @@ async def submit_tool_outputs(request: Request) -> Response:
     _manager(svc).start(copy.deepcopy(resumed))
     if not body.stream:
         return JSONResponse(resumed)
-    return run_stream_response(svc.store, run_id, after=stored[0].sequence - 1)
+    return run_stream_response(svc.store, run_id, after=stored[-1].sequence, prefix=stored)
 
 
 async def list_steps(request: Request) -> JSONResponse:

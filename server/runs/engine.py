@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -94,6 +94,9 @@ class RunEngine:
         self.builtins = builtins or _NoBuiltins()
         self.context_window = context_window or provider.context_window
         self.cancel_requested = False
+        # Set by the run manager: waits until every event yielded so far is in the log.
+        # Called before reading views that this run's own events update.
+        self.barrier: Callable[[], Awaitable[None]] = _nothing
         self._message: dict[str, Any] | None = None
         self._message_step: dict[str, Any] | None = None
         self._tool_step: dict[str, Any] | None = None
@@ -111,6 +114,7 @@ class RunEngine:
         run["status"] = "in_progress"
         run["started_at"] = run.get("started_at") or now()
         yield run_event(run)
+        turns = 0
         while True:
             if self.cancel_requested:
                 for event in self.closing_events():
@@ -121,6 +125,9 @@ class RunEngine:
                 for event in self._finish_incomplete("max_completion_tokens"):
                     yield event
                 return
+            if turns:
+                await self.barrier()  # the prompt reads this run's own steps and messages
+            turns += 1
             parts, fits = await self._prompt()
             if not fits:
                 for event in self._finish_incomplete("max_prompt_tokens"):
@@ -355,6 +362,7 @@ class RunEngine:
             except ValueError as exc:
                 result = ToolResult({}, f"Invalid arguments for {kind}: {exc}")
             else:
+                await self.barrier()  # tools read the views (the run's files, earlier outputs)
                 result = await self.builtins.run_tool(kind, arguments, self.run, self._turn_index())
             self._citations.update(result.citations)
             self._paths.update(result.paths)
@@ -579,6 +587,10 @@ def _tool_turn(tool_calls: list[dict[str, Any]], outputs: dict[str, dict[str, An
         calls.append({"id": call["id"], "type": "function", "function": {"name": name, "arguments": arguments}})
         results.append({"role": "tool", "tool_call_id": call["id"], "content": output if output is not None else ""})
     return [{"role": "assistant", "content": None, "tool_calls": calls}, *results]
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _zero_usage() -> dict[str, int]:

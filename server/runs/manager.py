@@ -33,6 +33,54 @@ _LAST_EVENTS = frozenset(
 )
 
 
+class _RunLog:
+    """A run's events on their way to the log, appended in order without waiting for each commit.
+
+    The engine hands events over and goes on reading the model; while one append is being
+    committed the next events gather, and go in the following append, all together. So a
+    run is never held up by the log, and a busy server commits many events per transaction.
+    Subscribers still only see committed events. `drain()` waits until everything handed
+    over is committed (and raises if an append failed); the engine calls it before reading
+    the views that its own events update.
+    """
+
+    MAX_PENDING = 512  # the engine waits when this many events are not yet committed
+
+    def __init__(self, store: EventStore, stream_id: str) -> None:
+        self.store = store
+        self.stream_id = stream_id
+        self.buffer: list[NewEvent] = []
+        self.task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+
+    async def add(self, event: NewEvent) -> None:
+        if self.error is not None:
+            raise self.error
+        self.buffer.append(event)
+        if self.task is None:
+            self.task = asyncio.create_task(self._flush())
+        elif len(self.buffer) >= self.MAX_PENDING:
+            await self.drain()
+
+    async def _flush(self) -> None:
+        try:
+            while self.buffer:
+                events, self.buffer = self.buffer, []
+                await self.store.append(self.stream_id, events)
+        except BaseException as exc:
+            self.error = exc
+            self.buffer = []
+        finally:
+            self.task = None
+
+    async def drain(self) -> None:
+        """Wait (shielded: a cancelled run still commits what it yielded) until all is committed."""
+        while self.task is not None:
+            await asyncio.shield(self.task)
+        if self.error is not None:
+            raise self.error
+
+
 class CannotCancel(Exception):
     def __init__(self, status: str) -> None:
         super().__init__(f"Cannot cancel run with status '{status}'.")
@@ -76,20 +124,27 @@ class RunManager:
 
     async def _drive(self, engine: RunEngine) -> None:
         run = engine.run
+        log = _RunLog(self.store, run["thread_id"])
+        engine.barrier = log.drain
         try:
             async for event in engine.events():
                 if event.type in _LAST_EVENTS:
                     # From here on the run has ended (or paused): a cancel must not append after it.
                     self._finishing.add(run["id"])
-                # Shielded: an event handed to the log is committed even if the run is
-                # cancelled meanwhile, so the log never holds half of a step.
-                await asyncio.shield(self._append(run, [event]))
-                if event.type == "thread.run.requires_action":
-                    self._schedule_expiry(run["id"], run["expires_at"])
+                    await log.add(event)
+                    await log.drain()
+                    if event.type == "thread.run.requires_action":
+                        self._schedule_expiry(run["id"], run["expires_at"])
+                else:
+                    await log.add(event)
+            await log.drain()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
+            # Everything the engine yielded is committed first, so the log never holds half of a step.
+            with contextlib.suppress(Exception):
+                await log.drain()
             if self._shutting_down:
                 closing = engine.fail("server_error", "The server shut down while this run was in progress.")
             else:
@@ -100,6 +155,8 @@ class RunManager:
             await self._append(run, closing)
         except Exception as exc:
             logger.exception("run %s failed", run["id"])
+            with contextlib.suppress(Exception):
+                await log.drain()
             await self._append(run, engine.fail("server_error", f"Internal error while running: {exc}"))
         finally:
             self._engines.pop(run["id"], None)
