@@ -58,18 +58,28 @@ async def vector_store_object(svc: Services, doc: dict[str, Any]) -> dict[str, A
         counts["total"] += 1
         usage += int(f.get("usage_bytes") or 0)
     status = "in_progress" if counts["in_progress"] else "completed"
-    if doc.get("expires_at") and doc["expires_at"] <= time.time():
+    expires_at = doc.get("expires_at")
+    policy = doc.get("expires_after") or {}
+    if policy.get("anchor") == "last_active_at" and policy.get("days"):
+        # The anchor moves with every search, so the deadline does too.
+        expires_at = int(doc.get("last_active_at") or doc["created_at"]) + int(policy["days"]) * 86400
+    if expires_at and expires_at <= time.time():
         status = "expired"
-    return {**doc, "file_counts": counts, "usage_bytes": usage, "status": status}
+    return {**doc, "file_counts": counts, "usage_bytes": usage, "status": status, "expires_at": expires_at}
 
 
 class VectorStores:
     """Owns ingestion tasks and the LanceDB index."""
 
-    def __init__(self, svc: Services, index: Any, auto_chunking: tuple[int, int]) -> None:
+    def __init__(self, svc: Services, index: Any, auto_chunking: tuple[int, int] | None = None) -> None:
+        from server.retrieval.chunking import auto_chunking_for
+
         self.svc = svc
         self.index = index
-        self.auto_chunking = auto_chunking
+        # `auto` chunks fit the embedder's window, whichever embedder is configured
+        # (254/64 for the local MiniLM, OpenAI's 800/400 for a wide upstream model).
+        window = getattr(getattr(index, "embedder", None), "max_input_tokens", None)
+        self.auto_chunking = auto_chunking_for(window) if window else (auto_chunking or auto_chunking_for(None))
         self._tasks: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(2)
         self._ingested = asyncio.Condition()
@@ -236,30 +246,37 @@ class VectorStores:
         filters: dict[str, Any] | None = None,
         ranker: str = "auto",
     ) -> list[Any]:
+        hits = await self.index.search(
+            store_ids,
+            query,
+            max_num_results=max_num_results,
+            score_threshold=score_threshold,
+            filters=filters,
+            ranker=ranker,
+        )
         now = int(time.time())
         for store_id in store_ids:
-            await self.svc.store.append(
-                store_id, [NewEvent("vector_store.updated", {"id": store_id, "last_active_at": now})]
-            )
-        return list(
-            await self.index.search(
-                store_ids,
-                query,
-                max_num_results=max_num_results,
-                score_threshold=score_threshold,
-                filters=filters,
-                ranker=ranker,
-            )
-        )
+            doc = await self.svc.views.get("vector_store", store_id)
+            # At most one event per store and second: a busy store does not flood the log.
+            if doc is not None and doc.get("last_active_at") != now:
+                await self.svc.store.append(
+                    store_id, [NewEvent("vector_store.updated", {"id": store_id, "last_active_at": now})]
+                )
+        return list(hits)
 
     # -- the file_search tool ----------------------------------------------------------------
 
     async def file_search_tool(self, arguments: dict[str, Any], run: dict[str, Any], call_index: int) -> ToolResult:
+        from server.retrieval.index import RANKERS
+
         query = str(arguments.get("query") or "")
         tool: dict[str, Any] = next((t for t in run["tools"] if t["type"] == "file_search"), {})
         options = tool.get("file_search") or {}
-        ranking = options.get("ranking_options") or {"ranker": "auto", "score_threshold": 0.0}
-        ranking = {"ranker": ranking.get("ranker", "auto"), "score_threshold": ranking.get("score_threshold", 0.0)}
+        ranking = options.get("ranking_options") or {}
+        ranking = {
+            "ranker": ranking.get("ranker") or "auto",
+            "score_threshold": float(ranking.get("score_threshold") or 0.0),
+        }
         store_ids = await self._run_store_ids(run)
         hits = []
         if store_ids and query:
@@ -267,8 +284,9 @@ class VectorStores:
             hits = await self.search(
                 store_ids,
                 query,
-                max_num_results=int(options.get("max_num_results") or 20),
-                score_threshold=float(ranking["score_threshold"]),
+                max_num_results=min(50, max(1, int(options.get("max_num_results") or 20))),
+                score_threshold=min(1.0, max(0.0, ranking["score_threshold"])),
+                ranker=ranking["ranker"] if ranking["ranker"] in RANKERS else "auto",
             )
         results = []
         lines = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import io
+import itertools
 import json
 import time
 import zipfile
@@ -235,7 +236,7 @@ def test_chunking_respects_max_and_overlap(max_tokens: int, overlap: int) -> Non
     assert [c.index for c in chunks] == list(range(len(chunks)))
     for chunk in chunks:
         assert chunk.token_count == count_tokens(chunk.text) <= max_tokens
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         shared = _overlap(a.text, b.text)
         assert count_tokens(shared) <= overlap
         if overlap:
@@ -562,3 +563,54 @@ async def test_event_loop_is_not_blocked(index: VectorIndex) -> None:
     stop.set()
     await task
     assert elapsed > 0.05 and ticks >= elapsed / 0.005 * 0.3, (ticks, elapsed)
+
+
+@pytest.mark.asyncio
+async def test_in_memory_vector_search_equals_lancedb_and_survives_outside_writes(
+    tmp_path: Path, embedder: LocalMiniLMEmbedder
+) -> None:
+    cached = VectorIndex(str(tmp_path / "db"), embedder)
+    uncached = VectorIndex(str(tmp_path / "db"), embedder, vector_cache_bytes=0)  # LanceDB's own flat search
+    await _load(cached)
+    queries = ["lava flowing from an erupting volcano", "bread", "money", "board games"]
+    flt = {"type": "ne", "key": "topic", "value": "food"}
+    for query in queries:
+        for filters in (None, flt):
+            a = await cached.search(["vs_main"], query, mode="vector", filters=filters)
+            b = await uncached.search(["vs_main"], query, mode="vector", filters=filters)
+            assert [h.file_id for h in a] == [h.file_id for h in b]
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+    name = table_name_for("vs_main")
+    assert name in cached._vectors and name not in uncached._vectors
+    # A write that bypasses the index's bookkeeping (row ids move on delete + compaction):
+    # the stale cache is detected when rows are read, and answers stay right.
+    table = cached._open("vs_main", create=False)
+    table.delete("file_id = 'file_volcano'")
+    table.optimize()
+    for mode in ("vector", "hybrid"):
+        hits = await cached.search(["vs_main"], "volcano lava", mode=mode)
+        assert "file_volcano" not in {h.file_id for h in hits}
+        assert {h.file_id for h in hits} == {"file_bread", "file_finance", "file_chess"}
+        assert all(h.content == DOCS[h.file_id][1] for h in hits)
+
+
+@pytest.mark.asyncio
+async def test_cache_follows_own_writes(index: VectorIndex) -> None:
+    await _load(index)
+    assert (await index.search(["vs_main"], "volcano", mode="vector"))[0].file_id == "file_volcano"
+    await index.add_file("vs_main", "file_new", "new.txt", chunk_text("Volcanic ash clouds ground flights.", 100, 0))
+    assert "file_new" in {h.file_id for h in await index.search(["vs_main"], "volcano ash", mode="vector")}
+    await index.update_attributes("vs_main", "file_new", {"topic": "air"})
+    hits = await index.search(
+        ["vs_main"], "volcano", mode="vector", filters={"type": "eq", "key": "topic", "value": "air"}
+    )
+    assert [h.file_id for h in hits] == ["file_new"] and hits[0].attributes == {"topic": "air"}
+    await index.remove_file("vs_main", "file_new")
+    assert "file_new" not in {h.file_id for h in await index.search(["vs_main"], "volcano ash", mode="vector")}
+
+
+def test_blas_is_single_threaded_for_the_embedder(embedder: LocalMiniLMEmbedder) -> None:
+    from server.retrieval.minilm import set_blas_threads
+
+    embedder.warmup()
+    assert set_blas_threads(1) is True

@@ -7,6 +7,7 @@ index calls it from a worker thread.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from .minilm import MiniLMModel, find_model_dir
+from .minilm import BLAS_THREADS_ENV, MiniLMModel, find_model_dir, set_blas_threads
 
 __all__ = [
     "Embedder",
@@ -90,6 +91,8 @@ class LocalMiniLMEmbedder:
                 tok.no_truncation()
                 tok.no_padding()
                 model = MiniLMModel(self._model_dir)
+                threads = os.environ.get(BLAS_THREADS_ENV, "").strip()
+                set_blas_threads(int(threads) if threads.isdigit() and int(threads) > 0 else 1)
                 self._window = min(self._window, model.max_seq_length)
                 self.dim = model.dim
                 self._tokenizer = tok

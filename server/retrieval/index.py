@@ -9,11 +9,18 @@ as-is) and typed ``attr_*`` columns that filters compile against (see
 with one model is never searched with another's vectors.
 
 Why these choices:
-* Vector search is exact (flat) by default: at 100k×384 a flat scan costs
-  single-digit milliseconds and has recall 1.0, whereas IVF_PQ with default
-  settings was measured at recall@10 = 0.16. An ANN index is built only when
-  ``ann`` settings are given and a table passes their row threshold; see
-  ``AnnSettings`` and bench/bench_search.py for the measured parameters.
+* Vector search is exact, over an in-memory copy of the store's vectors
+  (numpy matrix × query, cached per table, rebuilt after writes): a numpy
+  scan of 100k×384 floats costs ~8 ms with recall 1.0, whereas LanceDB's own
+  flat scan re-reads and decodes the vector column from disk on every query
+  (~100-300 ms at 100k rows here, bench/bench_search.py) and IVF_PQ with
+  default settings was measured at recall@10 = 0.16. The cache is bounded
+  (``vector_cache_bytes``, LRU over stores); a store that does not fit is
+  searched by LanceDB (flat, or the ANN index if ``ann`` settings are given
+  and the table passes their row threshold).
+* Filtered vector search uses the same cache: the rows matching the filter
+  are found by a LanceDB scan of the (small) attribute columns, remembered
+  per table generation and filter.
 * Rows added after the FTS index was built are still found (LanceDB scans
   unindexed rows), but that scan tokenizes their text on every query, so
   ``optimize()`` folds them into the index once more than
@@ -59,6 +66,7 @@ __all__ = ["AnnSettings", "EmbedderMismatch", "FilterError", "SearchHit", "Vecto
 MODES = frozenset({"hybrid", "vector", "fts"})
 RANKERS = frozenset({"auto", "default-2024-11-15", "default_2024_08_21", "default-2024-08-21", "none"})
 MAX_RESULTS = 50
+HYBRID_DEPTH = 40  # candidates per list before fusion (bench_retrieval_quality.py)
 _META_EMBEDDER = b"threadlog.embedder"
 _META_DIM = b"threadlog.dim"
 _RESULT_COLUMNS = ["chunk_id", "file_id", "filename", "chunk_index", "text", "attributes"]
@@ -124,10 +132,22 @@ def _fts_score(bm25: float) -> float:
 
 
 @dataclass
-class _Candidate:
-    row: dict[str, Any]
-    vector_score: float | None = None
-    fts_score: float | None = None
+class _VectorCache:
+    """A table's vectors in memory, as of one generation of the table."""
+
+    generation: int
+    matrix: npt.NDArray[np.float32]  # (rows, dim), L2-normalised
+    row_ids: npt.NDArray[np.uint64]  # LanceDB _rowid of each matrix row
+    chunk_ids: list[str]
+    masks: OrderedDict[str, npt.NDArray[np.bool_]]  # where clause -> matching rows
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.matrix.nbytes + self.row_ids.nbytes + 64 * len(self.chunk_ids))
+
+
+class _StaleCache(Exception):
+    """The table changed under a cached matrix (a write outside this index)."""
 
 
 class VectorIndex:
@@ -143,6 +163,7 @@ class VectorIndex:
         ann: AnnSettings | None = None,
         cleanup_older_than: timedelta = timedelta(hours=1),
         query_cache_size: int = 512,
+        vector_cache_bytes: int = 1 << 30,
     ) -> None:
         self.uri = uri
         self.embedder = embedder
@@ -156,6 +177,9 @@ class VectorIndex:
         self._guard = threading.Lock()
         self._query_cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         self._query_cache_size = query_cache_size
+        self._vector_cache_bytes = vector_cache_bytes
+        self._vectors: OrderedDict[str, _VectorCache] = OrderedDict()
+        self._generation: dict[str, int] = {}
 
     # ------------------------------------------------------------ plumbing
 
@@ -170,6 +194,154 @@ class VectorIndex:
     def _lock(self, name: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(name, threading.Lock())
+
+    def _changed(self, name: str, table: Any | None) -> None:
+        """After a write to ``name`` (under its lock): cached vectors and row
+        ids are stale (LanceDB row ids move on delete, update and
+        compaction). A store that was cached is reloaded here, in the
+        writer's thread, so the next search does not pay for it."""
+        with self._guard:
+            self._generation[name] = self._generation.get(name, 0) + 1
+            was_cached = self._vectors.pop(name, None) is not None
+        if was_cached and table is not None:
+            with contextlib.suppress(Exception):  # the next search retries
+                self._vector_cache(name, table)
+
+    def _vector_cache(self, name: str, table: Any) -> _VectorCache | None:
+        """The table's vectors in memory (loaded on first use), or ``None``
+        if they do not fit the cache budget."""
+        with self._guard:
+            generation = self._generation.get(name, 0)
+            cached = self._vectors.get(name)
+            if cached is not None and cached.generation == generation:
+                self._vectors.move_to_end(name)
+                return cached
+        rows = table.count_rows()
+        dim = table.schema.field("vector").type.list_size
+        if rows * (dim * 4 + 72) > self._vector_cache_bytes:
+            return None
+        data = table.search().select(["chunk_id", "vector"]).with_row_id(True).limit(max(rows, 1)).to_arrow()
+        vectors = data.column("vector").combine_chunks()
+        matrix = (
+            np.ascontiguousarray(vectors.values.to_numpy(zero_copy_only=False).reshape(-1, dim), dtype=np.float32)
+            if len(vectors)
+            else np.zeros((0, dim), dtype=np.float32)
+        )
+        cache = _VectorCache(
+            generation=generation,
+            matrix=matrix,
+            row_ids=data.column("_rowid").to_numpy().astype(np.uint64),
+            chunk_ids=data.column("chunk_id").to_pylist(),
+            masks=OrderedDict(),
+        )
+        with self._guard:
+            if self._generation.get(name, 0) != generation:
+                return cache  # written meanwhile: use once, do not keep
+            self._vectors[name] = cache
+            self._vectors.move_to_end(name)
+            total = sum(c.nbytes for c in self._vectors.values())
+            while total > self._vector_cache_bytes and len(self._vectors) > 1:
+                _, evicted = self._vectors.popitem(last=False)
+                total -= evicted.nbytes
+        return cache
+
+    def _filter_mask(self, cache: _VectorCache, table: Any, where: str) -> npt.NDArray[np.bool_]:
+        """Which cached rows match ``where``, from a scan of the filter's
+        columns (no vectors read); remembered for the cache's lifetime."""
+        with self._guard:
+            mask = cache.masks.get(where)
+            if mask is not None:
+                cache.masks.move_to_end(where)
+                return mask
+        rows = len(cache.chunk_ids)
+        matched = table.search().where(where).select(["chunk_id"]).with_row_id(True).limit(max(rows, 1)).to_arrow()
+        order = np.argsort(cache.row_ids)
+        wanted = matched.column("_rowid").to_numpy().astype(np.uint64)
+        pos = np.searchsorted(cache.row_ids, wanted, sorter=order)
+        pos = np.clip(pos, 0, max(rows - 1, 0))
+        found = order[pos] if rows else pos
+        ok = cache.row_ids[found] == wanted if rows else np.zeros(0, dtype=bool)
+        if not bool(ok.all()):
+            raise _StaleCache(where)
+        mask = np.zeros(rows, dtype=bool)
+        mask[found] = True
+        with self._guard:
+            cache.masks[where] = mask
+            while len(cache.masks) > 32:
+                cache.masks.popitem(last=False)
+        return mask
+
+    def _vector_rows(
+        self, name: str, table: Any, qvec: npt.NDArray[np.float32], where: str | None, depth: int
+    ) -> list[dict[str, Any]]:
+        """Nearest rows to ``qvec`` as ``chunk_id``/``_rowid``/``_distance``
+        (cosine) dicts, best first: exact, from memory when the store fits
+        the cache and has no ANN index; otherwise LanceDB's own search."""
+        ann = self._ann is not None and self._has_vector_index(table)
+        if not ann:
+            rows = self._exact_vector_rows(name, table, qvec, where, depth)
+            if rows is not None:
+                return rows
+        builder = table.search(qvec, vector_column_name="vector", query_type="vector").distance_type("cosine")
+        if ann and self._ann is not None:
+            builder = builder.nprobes(self._ann.nprobes).refine_factor(self._ann.refine_factor)
+        if where:
+            builder = builder.where(where, prefilter=True)
+        result: list[dict[str, Any]] = (
+            builder.limit(depth).select(["chunk_id", "_distance"]).with_row_id(True).to_list()
+        )
+        return result
+
+    def _exact_vector_rows(
+        self, name: str, table: Any, qvec: npt.NDArray[np.float32], where: str | None, depth: int
+    ) -> list[dict[str, Any]] | None:
+        """Top ``depth`` rows by cosine similarity from the in-memory matrix
+        (no I/O); ``None`` if the store is not cached."""
+        for attempt in range(2):
+            cache = self._vector_cache(name, table)
+            if cache is None:
+                return None
+            try:
+                sims = cache.matrix @ np.asarray(qvec, dtype=np.float32)
+                candidates = np.flatnonzero(self._filter_mask(cache, table, where)) if where else None
+                if candidates is not None:
+                    sims = sims[candidates]
+            except _StaleCache:
+                if attempt:
+                    return None  # let LanceDB answer
+                self._changed(name, None)
+                continue
+            k = min(depth, sims.shape[0])
+            if k == 0:
+                return []
+            top = np.argpartition(-sims, k - 1)[:k] if k < sims.shape[0] else np.arange(sims.shape[0])
+            top = top[np.argsort(-sims[top], kind="stable")]
+            positions = candidates[top] if candidates is not None else top
+            return [
+                {"chunk_id": cache.chunk_ids[pos], "_rowid": int(cache.row_ids[pos]), "_distance": 1.0 - sim}
+                for pos, sim in zip(positions.tolist(), sims[top].tolist(), strict=True)
+            ]
+        return None
+
+    def _fetch_rows(self, name: str, table: Any, wanted: list[tuple[str, int]]) -> dict[str, dict[str, Any]]:
+        """Full result rows for ``(chunk_id, _rowid)`` pairs, by chunk id.
+
+        By row id first (a direct read); a row id that no longer holds its
+        chunk (the table changed since the ids were read) is looked up by
+        chunk id instead, and the vector cache is dropped."""
+        if not wanted:
+            return {}
+        fetched = table.take_row_ids([rowid for _, rowid in wanted]).select(_RESULT_COLUMNS).to_list()
+        rows = {row["chunk_id"]: row for row in fetched}
+        missing = [chunk_id for chunk_id, _ in wanted if chunk_id not in rows]
+        if missing:
+            self._changed(name, None)
+            in_list = ", ".join(sql_string(c) for c in missing)
+            for row in (
+                table.search().where(f"chunk_id IN ({in_list})").select(_RESULT_COLUMNS).limit(len(missing)).to_list()
+            ):
+                rows[row["chunk_id"]] = row
+        return rows
 
     def _check_embedder(self, name: str, table: Any) -> None:
         schema = table.schema
@@ -291,8 +463,11 @@ class VectorIndex:
             existing = table.count_rows(file_filter)
             if not chunks:
                 if existing:
-                    table.delete(file_filter)
-                    self._maintain(table)
+                    try:
+                        table.delete(file_filter)
+                        self._maintain(table)
+                    finally:
+                        self._changed(name, table)
                 return 0
             wanted = attribute_columns_for(attrs)
             self._ensure_attribute_columns(table, wanted)
@@ -328,7 +503,10 @@ class VectorIndex:
                 )
             else:
                 table.add(data)
-            self._maintain(table)
+            try:
+                self._maintain(table)
+            finally:
+                self._changed(name, table)
             return n
 
     async def remove_file(self, vector_store_id: str, file_id: str) -> None:
@@ -342,7 +520,10 @@ class VectorIndex:
                 return
             file_filter = f"file_id = {sql_string(file_id)}"
             if table.count_rows(file_filter):
-                table.delete(file_filter)
+                try:
+                    table.delete(file_filter)
+                finally:
+                    self._changed(name, table)
 
     async def drop_store(self, vector_store_id: str) -> None:
         await anyio.to_thread.run_sync(self._drop_store, vector_store_id)
@@ -352,6 +533,7 @@ class VectorIndex:
         with self._lock(name):
             with self._guard:
                 self._tables.pop(name, None)
+            self._changed(name, None)
             with contextlib.suppress(ValueError, FileNotFoundError):  # already gone
                 self._connect().drop_table(name)
 
@@ -388,7 +570,10 @@ class VectorIndex:
                 else:
                     sql_type = {"string": "STRING", "double": "DOUBLE", "bool": "BOOLEAN"}[str(field.type)]
                     values_sql[field.name] = f"CAST(NULL AS {sql_type})"
-            table.update(where=file_filter, values_sql=values_sql)
+            try:
+                table.update(where=file_filter, values_sql=values_sql)
+            finally:
+                self._changed(name, table)
 
     async def optimize(self, vector_store_id: str) -> None:
         """Compact files, fold new rows into indices, prune old versions."""
@@ -399,7 +584,10 @@ class VectorIndex:
         with self._lock(name):
             table = self._open(vector_store_id, create=False)
             if table is not None:
-                table.optimize(cleanup_older_than=self._cleanup_older_than)
+                try:
+                    table.optimize(cleanup_older_than=self._cleanup_older_than)
+                finally:
+                    self._changed(name, table)
 
     # ------------------------------------------------------------ reads
 
@@ -446,19 +634,13 @@ class VectorIndex:
             compile_filter(filters, ())  # validate before doing any work
         if ranker == "none" and mode == "hybrid":
             mode = "vector"
-        qvec = None
-        if mode in ("hybrid", "vector"):
-            qvec = await anyio.to_thread.run_sync(self._embed_query, query)
-        return await anyio.to_thread.run_sync(
-            self._search,
-            list(dict.fromkeys(vector_store_ids)),
-            query,
-            qvec,
-            max_num_results,
-            score_threshold,
-            filters,
-            mode,
-        )
+        store_ids = list(dict.fromkeys(vector_store_ids))
+
+        def embed_and_search() -> list[SearchHit]:  # one thread hop, not two
+            qvec = self._embed_query(query) if mode in ("hybrid", "vector") else None
+            return self._search(store_ids, query, qvec, max_num_results, score_threshold, filters, mode)
+
+        return await anyio.to_thread.run_sync(embed_and_search)
 
     def _search(
         self,
@@ -471,9 +653,11 @@ class VectorIndex:
         mode: str,
     ) -> list[SearchHit]:
         # Fusion needs more candidates than it returns: a chunk ranked 30th
-        # by one list and 5th by the other can end up in the top 10.
-        depth = max_num_results if mode != "hybrid" else min(100, max(40, 2 * max_num_results))
-        candidates: dict[tuple[str, str], _Candidate] = {}
+        # by one list and 5th by the other can end up in the top 10. Both
+        # lists carry ids only; text is read for the final results alone.
+        depth = max_num_results if mode != "hybrid" else min(100, max(HYBRID_DEPTH, 2 * max_num_results))
+        rowids: dict[tuple[str, str], int] = {}
+        tables: dict[str, Any] = {}
         vector_ranked: list[tuple[float, tuple[str, str]]] = []
         fts_ranked: list[tuple[float, tuple[str, str]]] = []
         for store_id in vector_store_ids:
@@ -481,29 +665,23 @@ class VectorIndex:
             if table is None:
                 continue
             name = table_name_for(store_id)
+            tables[name] = table
             where = compile_filter(filters, table.schema.names)
             if where == "FALSE":
                 continue
             if qvec is not None:
-                builder = table.search(qvec, vector_column_name="vector", query_type="vector").distance_type("cosine")
-                if self._ann is not None and self._has_vector_index(table):
-                    builder = builder.nprobes(self._ann.nprobes).refine_factor(self._ann.refine_factor)
-                if where and where != "TRUE":
-                    builder = builder.where(where, prefilter=True)
-                for row in builder.limit(depth).select([*_RESULT_COLUMNS, "_distance"]).to_list():
+                for row in self._vector_rows(name, table, qvec, where if where != "TRUE" else None, depth):
                     key = (name, row["chunk_id"])
-                    similarity = max(0.0, min(1.0, 1.0 - float(row["_distance"])))
-                    candidates.setdefault(key, _Candidate(row)).vector_score = similarity
-                    vector_ranked.append((similarity, key))
+                    rowids[key] = int(row["_rowid"])
+                    vector_ranked.append((max(0.0, min(1.0, 1.0 - float(row["_distance"]))), key))
             if mode in ("hybrid", "fts") and query.strip():
                 builder = table.search(query, query_type="fts", fts_columns="text")
                 if where and where != "TRUE":
                     builder = builder.where(where, prefilter=True)
-                for row in builder.limit(depth).select([*_RESULT_COLUMNS, "_score"]).to_list():
+                for row in builder.limit(depth).select(["chunk_id", "_score"]).with_row_id(True).to_list():
                     key = (name, row["chunk_id"])
-                    bm25 = float(row["_score"])
-                    candidates.setdefault(key, _Candidate(row)).fts_score = bm25
-                    fts_ranked.append((bm25, key))
+                    rowids[key] = int(row["_rowid"])
+                    fts_ranked.append((float(row["_score"]), key))
         vector_ranked.sort(key=lambda item: -item[0])
         fts_ranked.sort(key=lambda item: -item[0])
         scored: list[tuple[tuple[str, str], float]]
@@ -514,11 +692,17 @@ class VectorIndex:
         else:
             lists = [[key for _, key in ranked[:depth]] for ranked in (vector_ranked, fts_ranked) if ranked]
             scored = reciprocal_rank_fusion(lists)
+        chosen = [(key, score) for key, score in scored if score >= score_threshold][:max_num_results]
+        by_table: dict[str, list[tuple[str, int]]] = {}
+        for (name, chunk_id), _ in chosen:
+            by_table.setdefault(name, []).append((chunk_id, rowids[(name, chunk_id)]))
+        full = {name: self._fetch_rows(name, tables[name], wanted) for name, wanted in by_table.items()}
         hits: list[SearchHit] = []
-        for key, score in scored:
-            if score < score_threshold:
+        for (name, chunk_id), score in chosen:
+            found = full[name].get(chunk_id)
+            if found is None:  # removed between ranking and reading
                 continue
-            row = candidates[key].row
+            row = found
             hits.append(
                 SearchHit(
                     file_id=row["file_id"],
@@ -529,6 +713,4 @@ class VectorIndex:
                     chunk_index=int(row["chunk_index"]),
                 )
             )
-            if len(hits) >= max_num_results:
-                break
         return hits

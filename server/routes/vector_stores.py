@@ -362,14 +362,17 @@ async def search_store(request: Request) -> JSONResponse:
     body = await parse_body(request, SearchRequest)
     query = body.query if isinstance(body.query, str) else " ".join(body.query)
     ranking = body.ranking_options or RankingOptions.model_validate({})
-    hits = await _stores(svc).search(
-        [store_id],
-        query,
-        max_num_results=body.max_num_results,
-        score_threshold=ranking.score_threshold,
-        filters=body.filters,
-        ranker=ranking.ranker,
-    )
+    try:
+        hits = await _stores(svc).search(
+            [store_id],
+            query,
+            max_num_results=body.max_num_results,
+            score_threshold=ranking.score_threshold,
+            filters=body.filters,
+            ranker=ranking.ranker,
+        )
+    except ValueError as exc:  # FilterError included: a malformed filter or ranker is the caller's error
+        raise bad_request(str(exc), "filters" if "filter" in type(exc).__name__.lower() else "ranking_options") from exc
     data = [
         {
             "file_id": h.file_id,
