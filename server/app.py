@@ -23,7 +23,7 @@ from server.builtins import Builtins
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
 from server.providers import ProviderRegistry
-from server.routes import assistants, files, messages, runs, threads, vector_stores
+from server.routes import assistants, files, messages, playground, runs, threads, vector_stores
 from server.runs.manager import RunManager
 from server.services import Services
 
@@ -44,7 +44,7 @@ async def _unknown_cursor(request: Request, exc: Exception) -> Response:
 
 def _routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
-    for module in (assistants, runs, threads, messages, files, vector_stores):
+    for module in (assistants, runs, threads, messages, files, vector_stores, playground):
         routes.extend(module.routes)
     return routes
 
