@@ -61,6 +61,13 @@ class StoredEvent:
         }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode(data: dict[str, Any]) -> str:
-    """Canonical JSON for payloads: compact, and stable so replays compare equal."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    """Canonical JSON for payloads: compact, and stable so replays compare equal.
+
+    Same output as `json.dumps(data, separators=(",", ":"), ensure_ascii=False)`, without
+    building an encoder per call (a measurable share of an append).
+    """
+    return _ENCODER.encode(data)

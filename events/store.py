@@ -66,6 +66,9 @@ class Projector(Protocol):
     schema: str
     """DDL for the projector's tables, run at open."""
 
+    def handles(self, event_type: str) -> bool:
+        """Whether any view folds this event type (appends of other types skip `stage`)."""
+
     async def position(self, conn: aiosqlite.Connection) -> int:
         """Sequence of the last event the stored views reflect."""
 
@@ -140,8 +143,8 @@ class EventStore:
         self._writer_conn = await open_connection(self.path, self.synchronous)
         await self._writer_conn.executescript(_SCHEMA)
         self._reader_conn = await open_connection(self.path, self.synchronous)
-        async with self._writer_conn.execute("SELECT COALESCE(MAX(sequence), 0) FROM events") as cur:
-            row = await cur.fetchone()
+        rows = list(await self._writer_conn.execute_fetchall("SELECT COALESCE(MAX(sequence), 0) FROM events"))
+        row = rows[0] if rows else None
         self._head = int(row[0]) if row else 0
         if self.projector is not None:
             await self._writer_conn.executescript(self.projector.schema)
@@ -207,7 +210,7 @@ class EventStore:
         if self._writer_task is None:
             raise RuntimeError("event store is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Append(stream_id, events, expected_version, future))
+        self._queue.put_nowait(_Append(stream_id, events, expected_version, future))
         return await future
 
     async def stream_version(self, stream_id: str) -> int:
@@ -215,10 +218,12 @@ class EventStore:
         cached = self._versions.get(stream_id)
         if cached is not None:
             return cached
-        async with self.reader.execute(
-            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        rows = list(
+            await self.reader.execute_fetchall(
+                "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+            )
+        )
+        row = rows[0] if rows else None
         return int(row[0]) if row else 0
 
     async def _run_writer(self) -> None:
@@ -251,78 +256,80 @@ class EventStore:
         sequence = self._head
         pending: dict[str, int] = {}
         accepted: list[tuple[_Append, list[StoredEvent]]] = []
+        rows: list[tuple[object, ...]] = []
+        projector = self.projector
+        handles = projector.handles if projector is not None else None
+        versions = self._versions
         for req in batch:
             if req.future.done():
                 continue
-            current = pending.get(req.stream_id)
+            stream_id = req.stream_id
+            current = pending.get(stream_id)
             if current is None:
-                current = await self._committed_version(conn, req.stream_id)
+                current = versions.get(stream_id)
+                if current is None:
+                    current = await self._committed_version(conn, stream_id)
             if req.expected_version is not None and req.expected_version != current:
-                req.future.set_exception(ConcurrencyError(req.stream_id, req.expected_version, current))
+                req.future.set_exception(ConcurrencyError(stream_id, req.expected_version, current))
                 continue
-            stored = [
-                StoredEvent(
-                    sequence=sequence + i,
-                    stream_id=req.stream_id,
-                    version=current + i,
-                    type=event.type,
-                    data_json=encode(event.data),
-                    created_at=now,
-                    run_id=event.run_id,
-                    _data=event.data,
-                )
-                for i, event in enumerate(req.events, start=1)
-            ]
-            if self.projector is not None:
+            stored = []
+            for i, event in enumerate(req.events, start=1):
+                data_json = encode(event.data)
+                stored.append(
+                    StoredEvent(sequence + i, stream_id, current + i, event.type, data_json, now, event.run_id,
+                                SCHEMA_VERSION, event.data)
+                )  # fmt: skip
+            if projector is not None and handles is not None and any(handles(e.type) for e in stored):
                 try:
-                    await self.projector.stage(conn, stored)
+                    await projector.stage(conn, stored)
                 except Exception as exc:
                     req.future.set_exception(exc)
                     continue
             sequence += len(stored)
-            pending[req.stream_id] = current + len(stored)
+            pending[stream_id] = current + len(stored)
             accepted.append((req, stored))
+            rows.extend(
+                (e.sequence, stream_id, e.version, e.type, e.data_json, now, e.run_id, SCHEMA_VERSION) for e in stored
+            )
         if not accepted:
             return
-        rows = [
-            (e.sequence, e.stream_id, e.version, e.type, e.data_json, e.created_at, e.run_id, SCHEMA_VERSION)
-            for _, stored in accepted
-            for e in stored
-        ]
         try:
             await conn.execute("BEGIN IMMEDIATE")
             await conn.executemany(_INSERT, rows)
-            if self.projector is not None:
-                await self.projector.flush(conn, sequence)
+            if projector is not None:
+                await projector.flush(conn, sequence)
             await conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
-            if self.projector is not None:
-                self.projector.rollback()
+            if projector is not None:
+                projector.rollback()
             for req, _ in accepted:
                 if not req.future.done():
                     req.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
             raise
-        self._versions.update(pending)
+        versions.update(pending)
         self._head = sequence
-        if self.projector is not None:
-            self.projector.commit()
+        if projector is not None:
+            projector.commit()
         for req, stored in accepted:
             if not req.future.done():
                 req.future.set_result(stored)
-        for _, stored in accepted:
-            for event in stored:
-                self._publish(event)
+        if self._subs_all or self._subs_by_stream or self._subs_by_run:
+            for _, stored in accepted:
+                for stored_event in stored:
+                    self._publish(stored_event)
 
     async def _committed_version(self, conn: aiosqlite.Connection, stream_id: str) -> int:
         cached = self._versions.get(stream_id)
         if cached is not None:
             return cached
-        async with conn.execute(
-            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        rows = list(
+            await conn.execute_fetchall(
+                "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+            )
+        )
+        row = rows[0] if rows else None
         version = int(row[0]) if row else 0
         self._versions[stream_id] = version
         return version
@@ -351,8 +358,7 @@ class EventStore:
         else:
             sql = f"SELECT {_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?"
             args = (after, limit)
-        async with (conn or self.reader).execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = list(await (conn or self.reader).execute_fetchall(sql, args))
         return [_row_to_event(row) for row in rows]
 
     async def subscribe(

@@ -18,10 +18,63 @@ import aiosqlite
 
 from events.records import StoredEvent
 
-__all__ = ["POSITION_NAME", "VIEWS_SCHEMA", "Doc", "Fold", "Projection", "View", "ViewKey", "ViewProjector"]
+__all__ = [
+    "POSITION_NAME",
+    "VIEWS_SCHEMA",
+    "Doc",
+    "Fold",
+    "Projection",
+    "View",
+    "ViewKey",
+    "ViewProjector",
+    "by_id",
+    "existence_preserving",
+    "overwriting",
+    "snapshotting",
+]
 
 Doc = dict[str, Any]
 Fold = Callable[[Doc | None, StoredEvent], Doc | None]
+
+_OVERWRITING: set[Fold] = set()
+_SNAPSHOTTING: set[Fold] = set()
+_EXISTENCE_PRESERVING: set[Fold] = set()
+
+
+def overwriting(fold: Fold) -> Fold:
+    """Mark a fold whose result ignores the current doc (a snapshot or a delete).
+
+    Only whether a view existed before still matters to it (a snapshot keeps the
+    view's ordinal). Replay uses this to skip work a later overwrite would discard.
+    """
+    _OVERWRITING.add(fold)
+    return fold
+
+
+def snapshotting(fold: Fold) -> Fold:
+    """Mark an overwriting fold that never returns None (the event carries the whole object).
+
+    Followed by another overwrite of the same view, only the fact that the view exists
+    (and so keeps its ordinal) survives it, so replay need not parse its payload.
+    """
+    _SNAPSHOTTING.add(fold)
+    return overwriting(fold)
+
+
+def existence_preserving(fold: Fold) -> Fold:
+    """Mark a fold that returns None exactly when given None (a patch, a delta).
+
+    Such an event followed, on the same view, only by others like it and then by an
+    overwriting event, cannot change the folded result, so replay may skip it.
+    """
+    _EXISTENCE_PRESERVING.add(fold)
+    return fold
+
+
+def by_id(data: Mapping[str, Any]) -> str:
+    """The default view key: the payload's `id`."""
+    return str(data["id"])
+
 
 POSITION_NAME = "views"
 
@@ -52,7 +105,7 @@ class Projection:
     folds: Mapping[str, Fold]
     parent_field: str | None = None
     run_field: str | None = None
-    key: Callable[[Mapping[str, Any]], str] = field(default=lambda data: str(data["id"]))
+    key: Callable[[Mapping[str, Any]], str] = field(default=by_id)
 
     def meta(self, doc: Doc) -> tuple[str | None, str | None]:
         parent = doc.get(self.parent_field) if self.parent_field else None
@@ -79,6 +132,23 @@ class ViewProjector:
             self._by_kind[projection.kind] = projection
             for event_type, fold in projection.folds.items():
                 self._handlers.setdefault(event_type, []).append((projection, fold))
+        # For replay (rebuild.fold_log): event types with one fold whose view is keyed by the
+        # payload's `id` (the view kind), and which of those are existence-preserving or
+        # snapshots; event types all of whose folds overwrite.
+        self.keyed_by_id: dict[str, str] = {}
+        self.preserving: set[str] = set()
+        self.snapshots: set[str] = set()
+        self.overwrites: set[str] = set()
+        for event_type, handlers in self._handlers.items():
+            if all(fold in _OVERWRITING for _, fold in handlers):
+                self.overwrites.add(event_type)
+            if len(handlers) == 1 and handlers[0][0].key is by_id:
+                projection, fold = handlers[0]
+                self.keyed_by_id[event_type] = projection.kind
+                if fold in _EXISTENCE_PRESERVING:
+                    self.preserving.add(event_type)
+                if fold in _SNAPSHOTTING:
+                    self.snapshots.add(event_type)
         self._cache: OrderedDict[ViewKey, View | None] = OrderedDict()
         self._cache_size = cache_size
         self._pending: dict[ViewKey, View | None] = {}
@@ -165,8 +235,8 @@ class ViewProjector:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        async with conn.execute("SELECT doc, ordinal FROM views WHERE kind = ? AND id = ?", key) as cur:
-            row = await cur.fetchone()
+        rows = list(await conn.execute_fetchall("SELECT doc, ordinal FROM views WHERE kind = ? AND id = ?", key))
+        row = rows[0] if rows else None
         view = None if row is None else View(json.loads(row[0]), int(row[1]))
         self._cache[key] = view
         return view
@@ -177,8 +247,10 @@ async def ensure_schema(conn: aiosqlite.Connection) -> None:
 
 
 async def read_position(conn: aiosqlite.Connection) -> int:
-    async with conn.execute("SELECT position FROM projection_position WHERE name = ?", (POSITION_NAME,)) as cur:
-        row = await cur.fetchone()
+    rows = list(
+        await conn.execute_fetchall("SELECT position FROM projection_position WHERE name = ?", (POSITION_NAME,))
+    )
+    row = rows[0] if rows else None
     return int(row[0]) if row else 0
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from events.records import StoredEvent
-from projections.base import Doc
+from projections.base import Doc, existence_preserving, overwriting, snapshotting
 
 
+@snapshotting
 def snapshot(doc: Doc | None, event: StoredEvent) -> Doc | None:
     """The event carries the whole object (created, status changes)."""
     return dict(event.data)
 
 
+@existence_preserving
 def patch(doc: Doc | None, event: StoredEvent) -> Doc | None:
     """The event carries changed fields; an update of a missing object changes nothing."""
     if doc is None:
@@ -18,5 +20,6 @@ def patch(doc: Doc | None, event: StoredEvent) -> Doc | None:
     return {**doc, **{k: v for k, v in event.data.items() if k != "id"}}
 
 
+@overwriting
 def delete(doc: Doc | None, event: StoredEvent) -> Doc | None:
     return None

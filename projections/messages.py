@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from events.records import StoredEvent
-from projections.base import Doc, Projection
+from projections.base import Doc, Projection, existence_preserving
 from projections.folds import delete, patch, snapshot
 
 
+@existence_preserving
 def apply_message_delta(doc: Doc | None, event: StoredEvent) -> Doc | None:
     """Fold a `thread.message.delta` into the message, as the SDK's stream helper does."""
     if doc is None:

@@ -7,6 +7,7 @@ position with a fold of exactly the events up to it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Mapping
@@ -37,31 +38,126 @@ class RebuildReport:
 
 
 async def fold_log(
-    conn: aiosqlite.Connection, projector: ViewProjector, upto: int | None = None, batch: int = 50_000
+    conn: aiosqlite.Connection,
+    projector: ViewProjector,
+    upto: int | None = None,
+    batch: int = 50_000,
+    *,
+    skip_superseded: bool = True,
 ) -> tuple[dict[ViewKey, View | None], int, int]:
-    """Fold the log (up to `upto`) into views in memory; returns views, position, event count."""
+    """Fold the log (up to `upto`) into views in memory; returns views, position, event count.
+
+    With `skip_superseded` (the default), work a later overwrite would discard is not done:
+    an event whose only fold is existence-preserving (a message or step delta, a patch)
+    is not folded when a later event in the same batch overwrites the same view with only
+    such events in between, and a snapshot in that position only marks the view as
+    existing, without parsing its payload. The result is the same as folding every event
+    (`bench/bench_replay.py` checks the two agree). Streamed text deltas are most of a
+    real log and each message ends with a `completed` snapshot, so this skips most of the
+    JSON parsing and merging. The next batch is read while this one is folded.
+    """
     views: dict[ViewKey, View | None] = {}
     position = 0
     count = 0
     types = tuple(projector.event_types())
     marks = ",".join("?" for _ in types)
-    while True:
-        bound = "" if upto is None else " AND sequence <= ?"
-        args: tuple[Any, ...] = (position, *types) + (() if upto is None else (upto,)) + (batch,)
-        sql = (
-            "SELECT sequence, stream_id, version, type, data, created_at, run_id FROM events "
-            f"WHERE sequence > ? AND type IN ({marks}){bound} ORDER BY sequence LIMIT ?"
-        )
+    bound = "" if upto is None else " AND sequence <= ?"
+    sql = (
+        "SELECT sequence, stream_id, version, type, data, created_at, run_id FROM events "
+        f"WHERE sequence > ? AND type IN ({marks}){bound} ORDER BY sequence LIMIT ?"
+    )
+
+    async def fetch(after: int) -> list[Any]:
+        args: tuple[Any, ...] = (after, *types) + (() if upto is None else (upto,)) + (batch,)
         async with conn.execute(sql, args) as cur:
-            rows = list(await cur.fetchall())
-        if not rows:
-            break
-        for sequence, stream_id, version, type_, data, created_at, run_id in rows:
-            event = StoredEvent(sequence, stream_id, version, type_, data, created_at, run_id)
-            projector.fold_event(event, views, views.get)
+            return list(await cur.fetchall())
+
+    rows = await fetch(position)
+    while rows:
         position = rows[-1][0]
         count += len(rows)
+        ahead = asyncio.ensure_future(fetch(position)) if len(rows) == batch else None
+        try:
+            if not skip_superseded:
+                for row in rows:
+                    projector.fold_event(StoredEvent(*row), views, views.get)
+            else:
+                fold = projector.fold_event
+                get = views.get
+                for item in _unsuperseded(projector, rows):
+                    if type(item) is tuple:
+                        key, sequence = item
+                        current = get(key)
+                        views[key] = View({}, current.ordinal if current else sequence)
+                    else:
+                        fold(item, views, get)  # type: ignore[arg-type]
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()
+            raise
+        rows = await ahead if ahead is not None else []
     return views, position, count
+
+
+def _unsuperseded(projector: ViewProjector, rows: list[Any]) -> list[StoredEvent | tuple[ViewKey, int]]:
+    """The batch's events minus what a later overwrite of their view makes moot (see fold_log).
+
+    Walks the batch backwards keeping the views that a later event overwrites with only
+    existence-preserving events in between. An existence-preserving event on such a view
+    is dropped; a snapshot on one becomes `(key, sequence)`: the view exists from here
+    with this ordinal (if new), whatever its doc, which the overwrite replaces.
+    """
+    keyed_by_id = projector.keyed_by_id
+    preserving = projector.preserving
+    snapshots = projector.snapshots
+    overwrites = projector.overwrites
+    superseded: set[ViewKey] = set()
+    kept: list[StoredEvent | tuple[ViewKey, int]] = []
+    for row in reversed(rows):
+        type_ = row[3]
+        kind = keyed_by_id.get(type_)
+        event: StoredEvent | None = None
+        if kind is not None:
+            view_id = _leading_id(row[4])
+            if view_id is None:
+                event = StoredEvent(*row)
+                view_id = str(event.data["id"])
+            key = (kind, view_id)
+            if key in superseded:
+                if type_ in preserving:
+                    continue
+                if type_ in snapshots:
+                    kept.append((key, row[0]))
+                    continue
+            if type_ in overwrites:
+                superseded.add(key)
+            elif type_ not in preserving:
+                superseded.discard(key)
+            kept.append(event or StoredEvent(*row))
+            continue
+        event = StoredEvent(*row)
+        if type_ in overwrites:
+            superseded.update(projector.keys_for(event))
+        else:
+            superseded.difference_update(projector.keys_for(event))
+        kept.append(event)
+    kept.reverse()
+    return kept
+
+
+def _leading_id(data: str) -> str | None:
+    """The `id` of a payload that `events.records.encode` wrote with `id` first, without parsing it.
+
+    encode() writes a dict's keys once each, in insertion order, so a payload starting with
+    `{"id":"` has that string as its only `id`; one with an escape in it is left to json.
+    """
+    if not data.startswith('{"id":"'):
+        return None
+    end = data.find('"', 7)
+    if end < 0:
+        return None
+    view_id = data[7:end]
+    return None if "\\" in view_id else view_id
 
 
 async def rebuild(db_path: Path, projector: ViewProjector) -> RebuildReport:

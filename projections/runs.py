@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from events.records import StoredEvent
-from projections.base import Doc, Projection
+from projections.base import Doc, Projection, existence_preserving
 from projections.folds import patch, snapshot
 
 RUN_STATUS_EVENTS = (
@@ -31,6 +31,7 @@ STEP_STATUS_EVENTS = (
 )
 
 
+@existence_preserving
 def apply_step_delta(doc: Doc | None, event: StoredEvent) -> Doc | None:
     """Fold a `thread.run.step.delta`: tool calls merge by index, strings concatenate."""
     if doc is None:

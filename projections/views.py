@@ -44,8 +44,10 @@ class ViewReader:
         self._conn = conn
 
     async def get(self, kind: str, view_id: str) -> Doc | None:
-        async with self._conn.execute("SELECT doc FROM views WHERE kind = ? AND id = ?", (kind, view_id)) as cur:
-            row = await cur.fetchone()
+        rows = list(
+            await self._conn.execute_fetchall("SELECT doc FROM views WHERE kind = ? AND id = ?", (kind, view_id))
+        )
+        row = rows[0] if rows else None
         return None if row is None else json.loads(row[0])
 
     async def list(
@@ -86,23 +88,24 @@ class ViewReader:
         walk_ascending = ascending if before is None or after is not None else not ascending
         direction = "ASC" if walk_ascending else "DESC"
         sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal {direction} LIMIT ?"
-        async with self._conn.execute(sql, (*args, limit + 1)) as cur:
-            rows = builtins.list(await cur.fetchall())
+        rows = builtins.list(await self._conn.execute_fetchall(sql, (*args, limit + 1)))
         docs = [json.loads(row[0]) for row in rows[:limit]]
         if walk_ascending != ascending:
             docs.reverse()
         return Page(docs, has_more=len(rows) > limit)
 
     async def _ordinal(self, kind: str, view_id: str, param: str) -> int:
-        async with self._conn.execute("SELECT ordinal FROM views WHERE kind = ? AND id = ?", (kind, view_id)) as cur:
-            row = await cur.fetchone()
+        rows = list(
+            await self._conn.execute_fetchall("SELECT ordinal FROM views WHERE kind = ? AND id = ?", (kind, view_id))
+        )
+        row = rows[0] if rows else None
         if row is None:
             raise UnknownCursor(param, view_id)
         return int(row[0])
 
     async def exists(self, kind: str, view_id: str) -> bool:
-        async with self._conn.execute("SELECT 1 FROM views WHERE kind = ? AND id = ?", (kind, view_id)) as cur:
-            return await cur.fetchone() is not None
+        rows = await self._conn.execute_fetchall("SELECT 1 FROM views WHERE kind = ? AND id = ?", (kind, view_id))
+        return bool(list(rows))
 
     async def find(self, kind: str, parent_id: str | None, statuses: tuple[str, ...]) -> builtins.list[Doc]:
         """Views of a kind under a parent whose status is one of `statuses` (e.g. active runs)."""
@@ -111,22 +114,21 @@ class ViewReader:
             "SELECT doc FROM views WHERE kind = ? AND parent_id IS ? "
             f"AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
         )
-        async with self._conn.execute(sql, (kind, parent_id, *statuses)) as cur:
-            rows = await cur.fetchall()
+        rows = list(await self._conn.execute_fetchall(sql, (kind, parent_id, *statuses)))
         return [json.loads(row[0]) for row in rows]
 
     async def with_id_suffix(self, kind: str, suffix: str) -> builtins.list[Doc]:
         """Views whose composite id ends with `suffix` (a file's entries in every vector store)."""
-        async with self._conn.execute(
-            "SELECT doc FROM views WHERE kind = ? AND substr(id, -length(?)) = ? ORDER BY ordinal",
-            (kind, suffix, suffix),
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = list(
+            await self._conn.execute_fetchall(
+                "SELECT doc FROM views WHERE kind = ? AND substr(id, -length(?)) = ? ORDER BY ordinal",
+                (kind, suffix, suffix),
+            )
+        )
         return [json.loads(row[0]) for row in rows]
 
     async def all_of_kind(self, kind: str, statuses: tuple[str, ...]) -> builtins.list[Doc]:
         marks = ",".join("?" for _ in statuses)
         sql = f"SELECT doc FROM views WHERE kind = ? AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
-        async with self._conn.execute(sql, (kind, *statuses)) as cur:
-            rows = await cur.fetchall()
+        rows = list(await self._conn.execute_fetchall(sql, (kind, *statuses)))
         return [json.loads(row[0]) for row in rows]
