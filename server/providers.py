@@ -512,31 +512,36 @@ async def stream_chat_completion(provider: Provider, request: dict[str, Any]) ->
         raise _map_error(provider, exc) from exc
     async with stream:
         events = _sse_data(stream.response)
-        done = False
-        while True:
-            event = await _next_event(provider, events)
-            if event is None:
-                return
-            if done:
-                continue  # drain after [DONE] so the keep-alive connection is reused
-            if event.startswith(b"[DONE]"):
-                done = True
-                continue
-            try:
-                data = json.loads(event)
-            except ValueError as exc:
-                raise UpstreamError(
-                    "server_error", f"{_label(provider)}: sent a chunk that is not JSON: {event[:200]!r}"
-                ) from exc
-            if not isinstance(data, dict):
-                continue
-            if data.get("error"):
-                error = data["error"]
-                detail = error.get("message") if isinstance(error, dict) else None
-                raise UpstreamError(
-                    "server_error", f"{_label(provider)}: error while streaming: {detail or json.dumps(error)[:300]}"
-                )
-            yield Chunk.parse(data)
+        guard = _StallGuard(provider.timeout_s)
+        try:
+            done = False
+            while True:
+                event = await _next_event(provider, events, guard)
+                if event is None:
+                    return
+                if done:
+                    continue  # drain after [DONE] so the keep-alive connection is reused
+                if event.startswith(b"[DONE]"):
+                    done = True
+                    continue
+                try:
+                    data = json.loads(event)
+                except ValueError as exc:
+                    raise UpstreamError(
+                        "server_error", f"{_label(provider)}: sent a chunk that is not JSON: {event[:200]!r}"
+                    ) from exc
+                if not isinstance(data, dict):
+                    continue
+                if data.get("error"):
+                    error = data["error"]
+                    detail = error.get("message") if isinstance(error, dict) else None
+                    raise UpstreamError(
+                        "server_error",
+                        f"{_label(provider)}: error while streaming: {detail or json.dumps(error)[:300]}",
+                    )
+                yield Chunk.parse(data)
+        finally:
+            guard.close()
 
 
 async def _sse_data(response: Any) -> AsyncIterator[bytes]:
@@ -574,20 +579,56 @@ def _block_data(block: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
-async def _next_event(provider: Provider, iterator: AsyncIterator[bytes]) -> bytes | None:
-    """Next server-sent event, or None at the end; a silent stream for ``timeout_s`` is a stall.
+class _StallGuard:
+    """Fails a read of the upstream stream that waits ``timeout_s`` for an event.
 
-    The asyncio guard backs up httpx's read timeout, which keep-alive comments
-    (``: ping``) would otherwise reset forever without any chunk arriving.
+    One timer per stream, re-armed lazily, rather than an ``asyncio.timeout`` per token.
+    It cancels the reading task only while a read is pending, and the read turns that
+    cancellation into the stall error, as ``asyncio.timeout`` would (a cancel from
+    elsewhere arriving meanwhile stays a cancel).
     """
-    guard = asyncio.timeout(provider.timeout_s)
+
+    def __init__(self, timeout_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.timeout_s = timeout_s
+        self.started = 0.0  # when the pending read began
+        self.cancelling = 0  # the task's cancel requests when it began
+        self.reading = False
+        self.fired = False
+        self.handle = self.loop.call_at(self.loop.time() + timeout_s, self._check)
+
+    def _check(self) -> None:
+        if self.task.done():
+            return
+        now = self.loop.time()
+        if self.reading and now - self.started >= self.timeout_s:
+            self.fired = True
+            self.task.cancel()
+            return
+        self.handle = self.loop.call_at((self.started if self.reading else now) + self.timeout_s, self._check)
+
+    def close(self) -> None:
+        self.handle.cancel()
+
+
+async def _next_event(provider: Provider, iterator: AsyncIterator[bytes], guard: _StallGuard) -> bytes | None:
+    """Next server-sent event's data, or None at the end; a silent stream for ``timeout_s`` is a stall.
+
+    The guard backs up httpx's read timeout, which keep-alive comments (``: ping``)
+    would otherwise reset forever without any event arriving.
+    """
+    guard.started = guard.loop.time()
+    guard.cancelling = guard.task.cancelling()
+    guard.reading = True
     try:
-        async with guard:
-            return await anext(iterator)
+        return await anext(iterator)
     except StopAsyncIteration:
         return None
-    except TimeoutError as exc:
-        if guard.expired():
+    except asyncio.CancelledError as exc:
+        if guard.fired and guard.task.uncancel() <= guard.cancelling:
             raise _stalled(provider) from exc
         raise
     except openai.APITimeoutError as exc:
@@ -596,6 +637,8 @@ async def _next_event(provider: Provider, iterator: AsyncIterator[bytes]) -> byt
         raise UpstreamError("server_error", f"{_label(provider)}: connection lost while streaming: {exc}") from exc
     except openai.APIError as exc:
         raise _map_error(provider, exc) from exc
+    finally:
+        guard.reading = False
 
 
 def _label(provider: Provider) -> str:
