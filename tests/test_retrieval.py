@@ -614,3 +614,16 @@ def test_blas_is_single_threaded_for_the_embedder(embedder: LocalMiniLMEmbedder)
 
     embedder.warmup()
     assert set_blas_threads(1) is True
+
+
+def test_weighted_rrf() -> None:
+    from server.retrieval.fusion import BM25_WEIGHT, RRF_K, VECTOR_WEIGHT
+
+    fused = dict(reciprocal_rank_fusion([["v1", "both"], ["b1", "both"]], weights=[VECTOR_WEIGHT, BM25_WEIGHT]))
+    best = (VECTOR_WEIGHT + BM25_WEIGHT) / (RRF_K + 1)
+    assert fused["v1"] == pytest.approx(VECTOR_WEIGHT / (RRF_K + 1) / best)
+    assert fused["b1"] == pytest.approx(BM25_WEIGHT / (RRF_K + 1) / best)
+    assert fused["both"] == pytest.approx((VECTOR_WEIGHT + BM25_WEIGHT) / (RRF_K + 2) / best)
+    assert fused["v1"] > fused["b1"]
+    with pytest.raises(ValueError):
+        reciprocal_rank_fusion([["a"]], weights=[1.0, 2.0])

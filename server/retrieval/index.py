@@ -32,13 +32,14 @@ Why these choices:
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,14 +60,13 @@ from .filters import (
     sql_string,
     validate_attributes,
 )
-from .fusion import reciprocal_rank_fusion
+from .fusion import BM25_WEIGHT, HYBRID_DEPTH, VECTOR_WEIGHT, reciprocal_rank_fusion
 
 __all__ = ["AnnSettings", "EmbedderMismatch", "FilterError", "SearchHit", "VectorIndex", "table_name_for"]
 
 MODES = frozenset({"hybrid", "vector", "fts"})
 RANKERS = frozenset({"auto", "default-2024-11-15", "default_2024_08_21", "default-2024-08-21", "none"})
 MAX_RESULTS = 50
-HYBRID_DEPTH = 40  # candidates per list before fusion (bench_retrieval_quality.py)
 _META_EMBEDDER = b"threadlog.embedder"
 _META_DIM = b"threadlog.dim"
 _RESULT_COLUMNS = ["chunk_id", "file_id", "filename", "chunk_index", "text", "attributes"]
@@ -180,6 +180,7 @@ class VectorIndex:
         self._vector_cache_bytes = vector_cache_bytes
         self._vectors: OrderedDict[str, _VectorCache] = OrderedDict()
         self._generation: dict[str, int] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -322,6 +323,20 @@ class VectorIndex:
                 for pos, sim in zip(positions.tolist(), sims[top].tolist(), strict=True)
             ]
         return None
+
+    @staticmethod
+    def _fts_rows(table: Any, query: str, where: str | None, depth: int) -> list[dict[str, Any]]:
+        builder = table.search(query, query_type="fts", fts_columns="text")
+        if where:
+            builder = builder.where(where, prefilter=True)
+        rows: list[dict[str, Any]] = builder.limit(depth).select(["chunk_id", "_score"]).with_row_id(True).to_list()
+        return rows
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._guard:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="threadlog-fts")
+            return self._executor
 
     def _fetch_rows(self, name: str, table: Any, wanted: list[tuple[str, int]]) -> dict[str, dict[str, Any]]:
         """Full result rows for ``(chunk_id, _rowid)`` pairs, by chunk id.
@@ -637,7 +652,7 @@ class VectorIndex:
         store_ids = list(dict.fromkeys(vector_store_ids))
 
         def embed_and_search() -> list[SearchHit]:  # one thread hop, not two
-            qvec = self._embed_query(query) if mode in ("hybrid", "vector") else None
+            qvec = (lambda: self._embed_query(query)) if mode in ("hybrid", "vector") else None
             return self._search(store_ids, query, qvec, max_num_results, score_threshold, filters, mode)
 
         return await anyio.to_thread.run_sync(embed_and_search)
@@ -646,20 +661,24 @@ class VectorIndex:
         self,
         vector_store_ids: list[str],
         query: str,
-        qvec: npt.NDArray[np.float32] | None,
+        qvec: npt.NDArray[np.float32] | Callable[[], npt.NDArray[np.float32]] | None,
         max_num_results: int,
         score_threshold: float,
         filters: Mapping[str, Any] | None,
         mode: str,
     ) -> list[SearchHit]:
-        # Fusion needs more candidates than it returns: a chunk ranked 30th
-        # by one list and 5th by the other can end up in the top 10. Both
-        # lists carry ids only; text is read for the final results alone.
-        depth = max_num_results if mode != "hybrid" else min(100, max(HYBRID_DEPTH, 2 * max_num_results))
+        """The thread-side body of ``search``; ``qvec`` may be a callable
+        that embeds the query (called while BM25 runs)."""
+        # Each list gives max(HYBRID_DEPTH, max_num_results) candidates (a
+        # chunk ranked past that by both lists cannot outscore one ranked
+        # first by either; see fusion.py). Both lists carry ids only; text
+        # is read for the final results alone.
+        depth = max_num_results if mode != "hybrid" else max(HYBRID_DEPTH, max_num_results)
         rowids: dict[tuple[str, str], int] = {}
         tables: dict[str, Any] = {}
         vector_ranked: list[tuple[float, tuple[str, str]]] = []
         fts_ranked: list[tuple[float, tuple[str, str]]] = []
+        targets: list[tuple[str, Any, str | None]] = []
         for store_id in vector_store_ids:
             table = self._open(store_id, create=False)
             if table is None:
@@ -667,21 +686,28 @@ class VectorIndex:
             name = table_name_for(store_id)
             tables[name] = table
             where = compile_filter(filters, table.schema.names)
-            if where == "FALSE":
-                continue
-            if qvec is not None:
-                for row in self._vector_rows(name, table, qvec, where if where != "TRUE" else None, depth):
+            if where != "FALSE":
+                targets.append((name, table, where if where != "TRUE" else None))
+        # BM25 runs in LanceDB's threads while this one embeds the query and
+        # scans the vectors (numpy releases the GIL): on 2 cores the hybrid
+        # query costs about the slower half, not the sum.
+        fts_jobs: list[tuple[str, concurrent.futures.Future[list[dict[str, Any]]]]] = []
+        if mode in ("hybrid", "fts") and query.strip():
+            for name, table, where in targets:
+                fts_jobs.append((name, self._pool().submit(self._fts_rows, table, query, where, depth)))
+        if callable(qvec):
+            qvec = qvec()
+        if qvec is not None:
+            for name, table, where in targets:
+                for row in self._vector_rows(name, table, qvec, where, depth):
                     key = (name, row["chunk_id"])
                     rowids[key] = int(row["_rowid"])
                     vector_ranked.append((max(0.0, min(1.0, 1.0 - float(row["_distance"]))), key))
-            if mode in ("hybrid", "fts") and query.strip():
-                builder = table.search(query, query_type="fts", fts_columns="text")
-                if where and where != "TRUE":
-                    builder = builder.where(where, prefilter=True)
-                for row in builder.limit(depth).select(["chunk_id", "_score"]).with_row_id(True).to_list():
-                    key = (name, row["chunk_id"])
-                    rowids[key] = int(row["_rowid"])
-                    fts_ranked.append((float(row["_score"]), key))
+        for name, job in fts_jobs:
+            for row in job.result():
+                key = (name, row["chunk_id"])
+                rowids[key] = int(row["_rowid"])
+                fts_ranked.append((float(row["_score"]), key))
         vector_ranked.sort(key=lambda item: -item[0])
         fts_ranked.sort(key=lambda item: -item[0])
         scored: list[tuple[tuple[str, str], float]]
@@ -690,8 +716,10 @@ class VectorIndex:
         elif mode == "fts":
             scored = [(key, _fts_score(score)) for score, key in fts_ranked]
         else:
-            lists = [[key for _, key in ranked[:depth]] for ranked in (vector_ranked, fts_ranked) if ranked]
-            scored = reciprocal_rank_fusion(lists)
+            present = [(r, w) for r, w in ((vector_ranked, VECTOR_WEIGHT), (fts_ranked, BM25_WEIGHT)) if r]
+            scored = reciprocal_rank_fusion(
+                [[key for _, key in ranked[:depth]] for ranked, _ in present], weights=[w for _, w in present]
+            )
         chosen = [(key, score) for key, score in scored if score >= score_threshold][:max_num_results]
         by_table: dict[str, list[tuple[str, int]]] = {}
         for (name, chunk_id), _ in chosen:
