@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -100,6 +101,20 @@ def test_upstream_503_once_is_retried(sdk: OpenAI, assistant: Any, upstream: Run
     assert run.last_error is None
     assert len(upstream.requests()) - before == 2
     assert [message_value(m) for m in assistant_text(sdk, run.thread_id, run.id)] == ["recovered"]
+
+
+def test_slow_steady_stream_longer_than_the_stall_timeout_completes(
+    sdk: OpenAI, assistant: Any, upstream: RunningUpstream
+) -> None:
+    """The stall timeout (2 s for these servers) bounds silence, not the whole answer: a
+    stream taking 3.5 s that never pauses for 2 s completes."""
+    thread_id = thread_with(sdk, "long: 35\nslow: 100")
+    started = time.monotonic()
+    run = _poll(sdk, thread_id, assistant)
+    assert time.monotonic() - started > 3.0
+    assert run.status == "completed", run.last_error
+    (message,) = assistant_text(sdk, thread_id, run.id)
+    assert message_value(message) == "".join(f"w{i} " for i in range(1, 36))
 
 
 # ------------------------------------------------------------------ wire format
