@@ -832,7 +832,9 @@ async def _section_concurrent(args: argparse.Namespace, bench: Bench) -> list[st
         f"{goal(many['errors'] == 0)}",
         f"{many['runs']} concurrent runs: delta gap p99 {many['gap_p99']:8.1f} ms      "
         f"(pacing {args.concurrent_pace_ms} ms; p50 {many['gap_p50']:.1f} ms)",
-        f"{many['runs']} concurrent runs: delta latency p99 {many['latency_p99']:4.1f} ms  (upstream emit -> client)",
+        f"{many['runs']} concurrent runs: delta latency p99 {many['latency_p99']:4.1f} ms  (upstream emit -> client)"
+        if not math.isnan(many["latency_p99"])
+        else f"{many['runs']} concurrent runs: delta latency: not measured with the fake upstream",
         f"{many['runs']} concurrent runs: peak RSS      {many['rss_mb']:8.0f} MB",
     ]
 
