@@ -31,7 +31,18 @@ from typing import Any, Literal
 
 import openai
 from openai import AsyncOpenAI
-from openai._httpx2 import request_exceptions, timeout_exceptions
+
+try:  # SDKs on httpx2 expose which transport errors they map; older ones use httpx
+    from openai._httpx2 import request_exceptions, timeout_exceptions
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    import httpx
+
+    def timeout_exceptions() -> tuple[type[httpx.TimeoutException], ...]:  # type: ignore[misc]
+        return (httpx.TimeoutException,)
+
+    def request_exceptions() -> tuple[type[Exception], ...]:
+        return (httpx.RequestError,)
+
 
 __all__ = [
     "Chunk",

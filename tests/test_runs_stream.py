@@ -238,3 +238,24 @@ def test_live_stream_json_is_the_stored_objects(sdk: OpenAI, assistant: Any) -> 
     assert final.event == "thread.run.completed"
     retrieved = sdk.beta.threads.runs.retrieve(final.data.id, thread_id=thread_id)
     assert json.loads(retrieved.model_dump_json()) == json.loads(final.data.model_dump_json())
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {
+            "id": "7",
+            "event": "thread.message.delta",
+            "data": '{"delta":{"content":[{"text":{"value":"a \\u00e9 \\u2603"}}]}}',
+        },
+        {"id": "12", "event": "thread.run.created", "data": "{}"},
+        {"event": "done", "data": "[DONE]"},
+    ],
+)
+def test_encoded_items_are_byte_for_byte_sse_starlette(item: dict[str, str]) -> None:
+    from sse_starlette import ServerSentEvent
+
+    from server.sse import encode_item
+
+    expected = ServerSentEvent(data=item["data"], event=item.get("event"), id=item.get("id")).encode()
+    assert encode_item(item) == expected
