@@ -17,6 +17,7 @@ from typing import Any
 import aiosqlite
 
 from events.records import StoredEvent
+from events.store import Statement
 
 __all__ = [
     "POSITION_NAME",
@@ -195,12 +196,15 @@ class ViewProjector:
             self.fold_event(event, overlay, lookup)
         self._pending.update(overlay)
 
-    async def flush(self, conn: aiosqlite.Connection, position: int) -> None:
-        await self.write_views(conn, self._pending)
-        await write_position(conn, position)
+    def flush_statements(self, position: int) -> list[Statement]:
+        return [*self.view_statements(self._pending), position_statement(position)]
 
     async def write_views(self, conn: aiosqlite.Connection, views: Mapping[ViewKey, View | None]) -> None:
         """Upsert or delete view rows (inside the caller's transaction)."""
+        for sql, rows in self.view_statements(views):
+            await conn.executemany(sql, rows)
+
+    def view_statements(self, views: Mapping[ViewKey, View | None]) -> list[Statement]:
         upserts = []
         deletes = []
         for (kind, view_id), view in views.items():
@@ -209,15 +213,12 @@ class ViewProjector:
             else:
                 parent, run = self._by_kind[kind].meta(view.doc)
                 upserts.append((kind, view_id, parent, run, view.ordinal, json.dumps(view.doc, ensure_ascii=False)))
+        statements: list[Statement] = []
         if upserts:
-            await conn.executemany(
-                "INSERT INTO views (kind, id, parent_id, run_id, ordinal, doc) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (kind, id) DO UPDATE SET parent_id = excluded.parent_id, "
-                "run_id = excluded.run_id, doc = excluded.doc",
-                upserts,
-            )
+            statements.append((_UPSERT_VIEW, upserts))
         if deletes:
-            await conn.executemany("DELETE FROM views WHERE kind = ? AND id = ?", deletes)
+            statements.append(("DELETE FROM views WHERE kind = ? AND id = ?", deletes))
+        return statements
 
     def commit(self) -> None:
         for key, view in self._pending.items():
@@ -255,8 +256,20 @@ async def read_position(conn: aiosqlite.Connection) -> int:
 
 
 async def write_position(conn: aiosqlite.Connection, position: int) -> None:
-    await conn.execute(
+    sql, rows = position_statement(position)
+    await conn.execute(sql, rows[0])
+
+
+def position_statement(position: int) -> Statement:
+    return (
         "INSERT INTO projection_position (name, position) VALUES (?, ?) "
         "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        (POSITION_NAME, position),
+        [(POSITION_NAME, position)],
     )
+
+
+_UPSERT_VIEW = (
+    "INSERT INTO views (kind, id, parent_id, run_id, ordinal, doc) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (kind, id) DO UPDATE SET parent_id = excluded.parent_id, "
+    "run_id = excluded.run_id, doc = excluded.doc"
+)
