@@ -83,6 +83,7 @@ class VectorStores:
         self._tasks: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(2)
         self._ingested = asyncio.Condition()
+        self._pending: dict[str, int] = {}
 
     def new_id(self) -> str:
         return new_id("vs_")
@@ -134,11 +135,22 @@ class VectorStores:
         task.add_done_callback(self._tasks.discard)
 
     async def _ingest(self, store_id: str, file_id: str) -> None:
+        self._pending[store_id] = self._pending.get(store_id, 0) + 1
         try:
             await self._ingest_one(store_id, file_id)
         finally:
+            self._pending[store_id] -= 1
+            if not self._pending[store_id]:
+                del self._pending[store_id]
             async with self._ingested:
                 self._ingested.notify_all()
+        if store_id not in self._pending:
+            # The store's queue drained: fold the rows written since the last fold into
+            # the FTS index now, in the background, instead of after every file.
+            try:
+                await self.index.fold_pending(store_id)
+            except Exception:
+                logger.exception("folding new rows of %s into its FTS index failed", store_id)
 
     async def wait_ready(self, store_ids: list[str], timeout: float = 120.0) -> None:
         """Runs search only once the stores' files are ingested, as OpenAI's runs wait too."""

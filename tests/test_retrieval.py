@@ -627,3 +627,25 @@ def test_weighted_rrf() -> None:
     assert fused["v1"] > fused["b1"]
     with pytest.raises(ValueError):
         reciprocal_rank_fusion([["a"]], weights=[1.0, 2.0])
+
+
+@pytest.mark.asyncio
+async def test_fts_rows_fold_in_at_threshold_or_when_asked(tmp_path: Path, embedder: LocalMiniLMEmbedder) -> None:
+    index = VectorIndex(str(tmp_path / "db"), embedder, fts_reindex_rows=2)
+
+    def unindexed() -> int:
+        table = index._open("vs_f", create=False)
+        fts = next(i for i in table.list_indices() if i.index_type == "FTS")
+        return int(table.index_stats(fts.name).num_unindexed_rows)
+
+    await index.add_file("vs_f", "a", "a.txt", chunk_text("Alpha particles are helium nuclei.", 100, 0))
+    await index.add_file("vs_f", "b", "b.txt", chunk_text("Beta decay emits an electron.", 100, 0))
+    assert unindexed() == 1  # under the threshold: scanned at query time, still found
+    assert [h.file_id for h in await index.search(["vs_f"], "electron beta decay", mode="fts")] == ["b"]
+    await index.fold_pending("vs_f")
+    assert unindexed() == 0
+    for text, fid in (("Gamma rays are photons.", "c"), ("Delta rays knock electrons.", "d"), ("Eps.", "e")):
+        await index.add_file("vs_f", fid, f"{fid}.txt", chunk_text(text, 100, 0))
+    assert unindexed() == 0  # the third unindexed row passed the threshold and folded all in
+    await index.fold_pending("vs_f")  # nothing to do
+    await index.fold_pending("vs_none")
