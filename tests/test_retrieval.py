@@ -649,3 +649,16 @@ async def test_fts_rows_fold_in_at_threshold_or_when_asked(tmp_path: Path, embed
     assert unindexed() == 0  # the third unindexed row passed the threshold and folded all in
     await index.fold_pending("vs_f")  # nothing to do
     await index.fold_pending("vs_none")
+
+
+@pytest.mark.asyncio
+async def test_ann_index_path(tmp_path: Path, embedder: LocalMiniLMEmbedder) -> None:
+    from server.retrieval import AnnSettings
+
+    ann = VectorIndex(str(tmp_path / "db"), embedder, ann=AnnSettings(min_rows=1, num_partitions=1, nprobes=1))
+    await _load(ann)
+    table = ann._open("vs_main", create=False)
+    assert any(i.index_type == "IvfFlat" for i in table.list_indices())
+    hits = await ann.search(["vs_main"], "lava flowing from an erupting volcano", mode="vector")
+    assert hits[0].file_id == "file_volcano" and len(hits) == 4
+    assert table_name_for("vs_main") not in ann._vectors  # LanceDB answered, not the in-memory scan

@@ -95,17 +95,20 @@ class SearchHit:
 
 @dataclass(frozen=True)
 class AnnSettings:
-    """When and how to build an approximate vector index.
+    """When and how to build an approximate vector index (off by default).
 
-    Only worth it past a few hundred thousand chunks per store; the
-    defaults of bench_search.py's measurement are passed by the caller.
-    ``num_partitions=None`` lets LanceDB pick ~sqrt(rows)."""
+    Only for stores too big for the in-memory exact scan (``vector_cache_bytes``,
+    ~680k chunks of 384-d per GiB). IVF_FLAT keeps full vectors, so its recall
+    depends on ``nprobes`` alone; IVF_PQ's product quantisation is what cost
+    recall (bench_search.py --ann, 384-d random vectors: IVF_PQ defaults 0.15 at
+    nprobes 20, 0.49 at nprobes 64 + refine 10; IVF_FLAT 1.00 at 10k rows with
+    nprobes 20, and at 100k rows 0.89 with nprobes 20, 1.00 with 50).
+    ``num_partitions=None`` lets LanceDB pick."""
 
     min_rows: int = 500_000
     num_partitions: int | None = None
-    num_sub_vectors: int | None = None
-    nprobes: int = 64
-    refine_factor: int = 10
+    nprobes: int = 50
+    refine_factor: int | None = None
 
 
 def table_name_for(vector_store_id: str) -> str:
@@ -292,7 +295,9 @@ class VectorIndex:
                 return rows
         builder = table.search(qvec, vector_column_name="vector", query_type="vector").distance_type("cosine")
         if ann and self._ann is not None:
-            builder = builder.nprobes(self._ann.nprobes).refine_factor(self._ann.refine_factor)
+            builder = builder.nprobes(self._ann.nprobes)
+            if self._ann.refine_factor:
+                builder = builder.refine_factor(self._ann.refine_factor)
         if where:
             builder = builder.where(where, prefilter=True)
         result: list[dict[str, Any]] = (
@@ -446,16 +451,9 @@ class VectorIndex:
                 table.optimize(cleanup_older_than=self._cleanup_older_than)
         ann = self._ann
         if ann is not None and not self._has_vector_index(table) and table.count_rows() >= ann.min_rows:
-            from lancedb.index import IvfPq
+            from lancedb.index import IvfFlat
 
-            table.create_index(
-                "vector",
-                config=IvfPq(
-                    distance_type="cosine",
-                    num_partitions=ann.num_partitions,
-                    num_sub_vectors=ann.num_sub_vectors,
-                ),
-            )
+            table.create_index("vector", config=IvfFlat(distance_type="cosine", num_partitions=ann.num_partitions))
 
     def _embed_query(self, query: str) -> npt.NDArray[np.float32]:
         """Query vector, from a small LRU: agents repeat queries often."""
