@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import calibration, machine, uptime
 from events.records import NewEvent
 from events.store import EventStore
 from projections import build_projector
@@ -38,34 +35,6 @@ PROMISES = {
     "FULL": "WAL + synchronous=FULL: the WAL is fsynced at every commit, so an acknowledged append also "
     "survives power loss and OS crashes.",
 }
-
-
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: nproc={cpus}, cpu={model!r}, python={platform.python_version()} "
-        f"({platform.python_implementation()}), sqlite={sqlite3.sqlite_version}, "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
-def calibration() -> str:
-    """How fast this CPU runs Python right now (shared machines vary): best of 5 of sum(range(1000))."""
-    import timeit
-
-    best = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
-    return (
-        f"calibration: sum(range(1000)) takes {best:.1f} us here (about 8-10 us on an idle modern x86 core); "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
 
 
 def delta_event(message_id: str, n: int) -> NewEvent:
@@ -161,13 +130,6 @@ async def latency(path: Path, mode: str, count: int) -> tuple[float, float, floa
     samples.sort()
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
     return samples[len(samples) // 2], p99, statistics.mean(samples)
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return f"load average {os.getloadavg()}"
 
 
 def main() -> None:

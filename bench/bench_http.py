@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import platform
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -32,40 +30,13 @@ from openai import OpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import calibration, machine, uptime
 from tests.serverproc import ServerProcess
 
 GOAL_P50_MS = 1.5
 GOAL_P99_MS = 5.0
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: nproc={cpus}, cpu={model!r}, python={platform.python_version()} "
-        f"({platform.python_implementation()}), sqlite={sqlite3.sqlite_version}, "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
-def calibration() -> str:
-    """How fast this CPU runs Python right now (shared machines vary): best of 5 of sum(range(1000))."""
-    import timeit
-
-    best = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
-    return (
-        f"calibration: sum(range(1000)) takes {best:.1f} us here (about 8-10 us on an idle modern x86 core); "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
 
 
 SERVER_PID: int | None = None
@@ -170,13 +141,6 @@ def _function(frame: str) -> str:
     """'name (path:line)' -> 'name (path)': aggregate samples per function."""
     name, _, where = frame.partition(" (")
     return f"{name} ({where.rsplit(':', 1)[0]})" if where else frame
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return f"load average {os.getloadavg()}"
 
 
 def best(runs: list[tuple[list[float], dict[str, float]]]) -> tuple[list[float], dict[str, float]]:

@@ -15,10 +15,8 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import calibration, machine, uptime
 from events.records import SCHEMA_VERSION, encode
 from events.store import EventStore, open_connection
 from projections import build_projector
@@ -42,34 +41,6 @@ INSERT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "streaming", "tokens"]
-
-
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: nproc={cpus}, cpu={model!r}, python={platform.python_version()} "
-        f"({platform.python_implementation()}), sqlite={sqlite3.sqlite_version}, "
-        f"{platform.system()} {platform.release()}"
-    )
-
-
-def calibration() -> str:
-    """How fast this CPU runs Python right now (shared machines vary): best of 5 of sum(range(1000))."""
-    import timeit
-
-    best = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000 * 1e6
-    return (
-        f"calibration: sum(range(1000)) takes {best:.1f} us here (about 8-10 us on an idle modern x86 core); "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
 
 
 Row = tuple[int, str, int, str, str, float, str | None, int]
@@ -361,13 +332,6 @@ def main() -> None:
         print(f"   equivalence: {equivalence}")
         if args.profile or verdict == "MISSED":
             profile_fold(db_path, min(count, 200_000))
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        return f"load average {os.getloadavg()}"
 
 
 if __name__ == "__main__":

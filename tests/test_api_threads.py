@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -11,6 +10,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from tests.api_fixtures import ERROR_KEYS, assert_error, cases, http, log_head, sdk, shared  # noqa: F401
 from tests.serverproc import ServerProcess
 
 THREAD_REQUIRED = {"id", "object", "created_at", "tool_resources", "metadata"}
@@ -18,52 +18,8 @@ MESSAGE_REQUIRED = {
     "id", "object", "created_at", "thread_id", "status", "incomplete_details", "completed_at", "incomplete_at",
     "role", "content", "assistant_id", "run_id", "attachments", "metadata",
 }  # fmt: skip
-ERROR_KEYS = {"message", "type", "param", "code"}
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(data_dir=tmp_path_factory.mktemp("threads") / "data").start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def sdk(shared: ServerProcess) -> OpenAI:
-    return OpenAI(base_url=shared.base_url, api_key="test-key", max_retries=0, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def http(shared: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=shared.base_url, timeout=30) as client:
-        yield client
-
-
-def log_head(server: ServerProcess) -> int:
-    response = httpx.get(f"{server.root_url}/healthz", timeout=10)
-    assert response.status_code == 200
-    return int(response.json()["head"])
-
-
-def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == ERROR_KEYS
-    assert error["type"] == "invalid_request_error"
-    assert isinstance(error["message"], str) and error["message"]
-    if param is not None:
-        assert error["param"] == param
-    return dict(error)
-
-
-def cases(table: list[tuple[str, Any, str | None]]) -> list[Any]:
-    return [pytest.param(body, param, id=name) for name, body, param in table]
 
 
 def test_create_empty_thread(sdk: OpenAI, http: httpx.Client) -> None:

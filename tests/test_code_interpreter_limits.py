@@ -26,7 +26,7 @@ SECRET_KEY = "sk-threadlog-limits-secret"
 
 
 @pytest.fixture(scope="module")
-def limited_server(upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:  # noqa: F811
+def limited_server(upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = start_server(
         tmp_path_factory.mktemp("limits") / "data",
         upstream,

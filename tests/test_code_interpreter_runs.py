@@ -30,11 +30,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def ci_assistant(sdk: OpenAI) -> Any:  # noqa: F811
+def ci_assistant(sdk: OpenAI) -> Any:
     return sdk.beta.assistants.create(model=MODEL, name="coder", tools=[{"type": "code_interpreter"}])
 
 
-def _run(sdk: OpenAI, thread_id: str, assistant_id: str) -> Any:  # noqa: F811
+def _run(sdk: OpenAI, thread_id: str, assistant_id: str) -> Any:
     run = sdk.beta.threads.runs.create_and_poll(
         thread_id=thread_id, assistant_id=assistant_id, poll_interval_ms=50, timeout=30
     )
@@ -42,7 +42,7 @@ def _run(sdk: OpenAI, thread_id: str, assistant_id: str) -> Any:  # noqa: F811
     return run
 
 
-def _code_calls(sdk: OpenAI, thread_id: str, run_id: str) -> list[Any]:  # noqa: F811
+def _code_calls(sdk: OpenAI, thread_id: str, run_id: str) -> list[Any]:
     steps: list[Any] = sdk.beta.threads.runs.steps.list(run_id, thread_id=thread_id, order="asc").data
     calls = [call for step in steps if step.type == "tool_calls" for call in step.step_details.tool_calls]
     assert calls and all(call.type == "code_interpreter" for call in calls), calls
@@ -53,14 +53,14 @@ def _logs(call: Any) -> str:
     return "".join(out.logs for out in call.code_interpreter.outputs if out.type == "logs")
 
 
-def _code_run(sdk: OpenAI, assistant_id: str, code: str) -> tuple[Any, Any]:  # noqa: F811
+def _code_run(sdk: OpenAI, assistant_id: str, code: str) -> tuple[Any, Any]:
     thread_id = thread_with(sdk, f"code: {code}")
     run = _run(sdk, thread_id, assistant_id)
     [call] = _code_calls(sdk, thread_id, run.id)
     return run, call
 
 
-def test_print_runs_and_answer_has_result(sdk: OpenAI, ci_assistant: Any) -> None:  # noqa: F811
+def test_print_runs_and_answer_has_result(sdk: OpenAI, ci_assistant: Any) -> None:
     thread_id = thread_with(sdk, "code: print(6*7)")
     run = _run(sdk, thread_id, ci_assistant.id)
     assert run.tools[0].type == "code_interpreter"
@@ -80,7 +80,7 @@ def test_print_runs_and_answer_has_result(sdk: OpenAI, ci_assistant: Any) -> Non
     assert "42" in text
 
 
-def test_attached_csv_is_readable_with_pandas(sdk: OpenAI, ci_assistant: Any) -> None:  # noqa: F811
+def test_attached_csv_is_readable_with_pandas(sdk: OpenAI, ci_assistant: Any) -> None:
     uploaded = sdk.files.create(file=("scores.csv", b"name,score\nann,3\nbob,4\ncid,5\n"), purpose="assistants")
     code = "import pandas as pd\ndf = pd.read_csv('/mnt/data/scores.csv')\nprint(df['score'].sum(), len(df))"
     # The attachment goes on an earlier message: the server names attachments in the prompt text
@@ -102,7 +102,7 @@ def test_attached_csv_is_readable_with_pandas(sdk: OpenAI, ci_assistant: Any) ->
     assert "12 3" in message_value(assistant_text(sdk, thread.id, run.id)[-1])
 
 
-def test_thread_tool_resources_file_is_in_mnt_data(sdk: OpenAI, ci_assistant: Any) -> None:  # noqa: F811
+def test_thread_tool_resources_file_is_in_mnt_data(sdk: OpenAI, ci_assistant: Any) -> None:
     uploaded = sdk.files.create(file=("notes.txt", b"hello from a file"), purpose="assistants")
     code = "print(open('/mnt/data/notes.txt').read().upper())"
     thread = sdk.beta.threads.create(
@@ -114,7 +114,7 @@ def test_thread_tool_resources_file_is_in_mnt_data(sdk: OpenAI, ci_assistant: An
     assert _logs(call).strip() == "HELLO FROM A FILE"
 
 
-def test_matplotlib_show_gives_downloadable_png(sdk: OpenAI, ci_assistant: Any) -> None:  # noqa: F811
+def test_matplotlib_show_gives_downloadable_png(sdk: OpenAI, ci_assistant: Any) -> None:
     _, call = _code_run(sdk, ci_assistant.id, "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
     images = [o for o in call.code_interpreter.outputs if o.type == "image"]
     assert len(images) == 1, call.code_interpreter.outputs
@@ -126,7 +126,7 @@ def test_matplotlib_show_gives_downloadable_png(sdk: OpenAI, ci_assistant: Any) 
     assert meta.bytes == len(data)
 
 
-def test_sandbox_has_no_network(sdk: OpenAI, ci_assistant: Any, run_server: ServerProcess) -> None:  # noqa: F811
+def test_sandbox_has_no_network(sdk: OpenAI, ci_assistant: Any, run_server: ServerProcess) -> None:
     code = (
         "import socket\n"
         "try:\n"
@@ -141,7 +141,7 @@ def test_sandbox_has_no_network(sdk: OpenAI, ci_assistant: Any, run_server: Serv
     assert "BLOCKED" in logs
 
 
-def test_threads_do_not_share_state(sdk: OpenAI, ci_assistant: Any) -> None:  # noqa: F811
+def test_threads_do_not_share_state(sdk: OpenAI, ci_assistant: Any) -> None:
     _, first = _code_run(sdk, ci_assistant.id, "x = 1\nprint('set', x)")
     assert _logs(first).strip() == "set 1"
 
@@ -151,7 +151,7 @@ def test_threads_do_not_share_state(sdk: OpenAI, ci_assistant: Any) -> None:  # 
     assert "set 1" not in logs
 
 
-def test_same_thread_keeps_state(sdk: OpenAI, ci_assistant: Any) -> None:  # noqa: F811
+def test_same_thread_keeps_state(sdk: OpenAI, ci_assistant: Any) -> None:
     thread_id = thread_with(sdk, "code: y = 20")
     _run(sdk, thread_id, ci_assistant.id)
     sdk.beta.threads.messages.create(thread_id, role="user", content="code: print(y + 1)")
@@ -160,7 +160,7 @@ def test_same_thread_keeps_state(sdk: OpenAI, ci_assistant: Any) -> None:  # noq
     assert _logs(call).strip() == "21"
 
 
-def test_stream_code_input_fragments(sdk: OpenAI, ci_assistant: Any) -> None:  # noqa: F811
+def test_stream_code_input_fragments(sdk: OpenAI, ci_assistant: Any) -> None:
     code = "total = sum(range(10))\nprint('total', total)"
     thread_id = thread_with(sdk, f"code: {code}")
     fragments: list[str] = []
@@ -195,7 +195,7 @@ def test_stream_code_input_fragments(sdk: OpenAI, ci_assistant: Any) -> None:  #
 
 
 def test_written_files_become_image_file_content_and_file_path_annotations(
-    sdk: OpenAI,  # noqa: F811
+    sdk: OpenAI,
     ci_assistant: Any,
 ) -> None:
     code = (

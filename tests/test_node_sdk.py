@@ -51,7 +51,7 @@ def node_modules() -> Path:
 
 
 @pytest.fixture(scope="module")
-def keyed_server(upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:  # noqa: F811
+def keyed_server(upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = start_server(tmp_path_factory.mktemp("node") / "data", upstream, THREADLOG_API_KEYS="node-key")
     try:
         yield proc

@@ -71,7 +71,7 @@ SENTENCE = (
 
 
 @pytest.fixture(scope="module")
-def server(upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:  # noqa: F811
+def server(upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = start_server(tmp_path_factory.mktemp("playground") / "data", upstream)
     try:
         yield proc
@@ -421,7 +421,7 @@ def test_code_interpreter_image_shown_inline(page: Page, sdk: OpenAI) -> None:
     page.shot("code-interpreter-image")
 
 
-def test_api_key_prompt_on_401(browser: Any, upstream: RunningUpstream, tmp_path: Path) -> None:  # noqa: F811
+def test_api_key_prompt_on_401(browser: Any, upstream: RunningUpstream, tmp_path: Path) -> None:
     keyed = start_server(tmp_path / "data", upstream, THREADLOG_API_KEYS="secret-key")
     try:
         assert httpx.get(keyed.root_url + "/", timeout=10).status_code == 200  # the page itself needs no key

@@ -25,7 +25,7 @@ def _quickstart_snippet() -> str:
     return snippet
 
 
-def test_readme_quickstart_runs_unchanged(run_server: ServerProcess) -> None:  # noqa: F811
+def test_readme_quickstart_runs_unchanged(run_server: ServerProcess) -> None:
     snippet = _quickstart_snippet()
     assert '"http://127.0.0.1:8000/v1"' in snippet
     assert "What's the weather in Paris?" in snippet
