@@ -328,3 +328,124 @@ async def test_registry_aclose_closes_clients(upstream: RunningUpstream) -> None
     await registry.aclose()
     assert text_of(await collect(provider, request("say: after close"))) == "after close"
     await registry.aclose()
+
+
+# ------------------------------------------------------- lean network backend
+
+
+async def _serve_http_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A tiny HTTP/1.1 server: answers every request with a two-part chunked body."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1]
+            if path == b"/silent":
+                await asyncio.sleep(30)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(b"6\r\nhello \r\n")
+            await writer.drain()
+            await asyncio.sleep(0.01)
+            writer.write(b"5\r\nworld\r\n0\r\n\r\n")
+            await writer.drain()
+    writer.close()
+
+
+@pytest.mark.asyncio
+async def test_lean_backend_plain_http_keepalive_and_read_timeout() -> None:
+    import httpx2
+
+    from server.upstream_transport import LeanAsyncHTTPTransport
+
+    server = await asyncio.start_server(_serve_http_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx2.AsyncClient(transport=LeanAsyncHTTPTransport(), timeout=httpx2.Timeout(5.0)) as client:
+            for _ in range(3):  # the same keep-alive connection, reused
+                response = await client.get(f"http://127.0.0.1:{port}/")
+                assert response.status_code == 200 and response.text == "hello world"
+            async with client.stream("GET", f"http://127.0.0.1:{port}/") as streamed:
+                assert [part async for part in streamed.aiter_bytes()] == [b"hello ", b"world"]
+            started = time.monotonic()
+            with pytest.raises(httpx2.ReadTimeout):
+                await client.get(f"http://127.0.0.1:{port}/silent", timeout=httpx2.Timeout(5.0, read=0.3))
+            assert time.monotonic() - started < 2.0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_lean_backend_connect_error() -> None:
+    import httpx2
+
+    from server.upstream_transport import LeanAsyncHTTPTransport
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with httpx2.AsyncClient(transport=LeanAsyncHTTPTransport()) as client:
+        with pytest.raises(httpx2.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/")
+
+
+@pytest.mark.asyncio
+async def test_lean_backend_tls(tmp_path: Path) -> None:
+    await _lean_backend_tls(tmp_path)
+
+
+def test_lean_backend_on_uvloop(tmp_path: Path) -> None:
+    """The server runs on uvloop, whose transports are not asyncio.Transport subclasses."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def both() -> None:
+        await test_lean_backend_plain_http_keepalive_and_read_timeout()
+        await _lean_backend_tls(tmp_path)
+
+    uvloop.run(both())
+
+
+async def _lean_backend_tls(tmp_path: Path) -> None:
+    """HTTPS through the lean backend, against a local TLS server with a self-signed certificate."""
+    import shutil
+    import ssl
+    import subprocess
+
+    import httpx2
+
+    from server.upstream_transport import LeanAsyncHTTPTransport
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    server = await asyncio.start_server(_serve_http_once, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        trusting = ssl.create_default_context(cafile=str(cert))
+        async with httpx2.AsyncClient(transport=LeanAsyncHTTPTransport(verify=trusting)) as client:
+            for host in ("localhost", "127.0.0.1"):
+                response = await client.get(f"https://{host}:{port}/")
+                assert response.status_code == 200 and response.text == "hello world"
+        async with httpx2.AsyncClient(transport=LeanAsyncHTTPTransport()) as untrusting:
+            with pytest.raises(httpx2.ConnectError):  # an unknown certificate is refused
+                await untrusting.get(f"https://localhost:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_provider_clients_use_the_lean_backend(provider: Provider) -> None:
+    from server.providers import _client_for
+    from server.upstream_transport import AsyncioBackend
+
+    pool = _client_for(provider)._client._transport._pool  # type: ignore[attr-defined]
+    assert isinstance(pool._network_backend, AsyncioBackend)
