@@ -14,9 +14,7 @@ The SDK makes the request (retries, errors); the streamed body is decoded here a
 each event's JSON becomes a small :class:`Chunk` (same attribute names as
 ``ChatCompletionChunk``) rather than a pydantic model: building the SDK's model
 costs over 100 microseconds per token, and its line decoder tens more, more than
-everything else the server does with a token. The SDK's HTTP client reads sockets
-through :mod:`server.upstream_transport` (plain asyncio, one lazily re-armed read
-timer per connection) rather than anyio's per-read cancel scope.
+everything else the server does with a token.
 """
 
 from __future__ import annotations
@@ -33,8 +31,6 @@ from typing import Any, Literal
 
 import openai
 from openai import AsyncOpenAI
-
-from server.upstream_transport import LeanAsyncHTTPTransport
 
 try:  # SDKs on httpx2 expose which transport errors they map; older ones use httpx
     from openai._httpx2 import request_exceptions, timeout_exceptions
@@ -391,7 +387,6 @@ def _client_for(provider: Provider) -> AsyncOpenAI:
             api_key=provider.api_key or NO_API_KEY_PLACEHOLDER,
             max_retries=provider.max_retries,
             timeout=openai.Timeout(provider.timeout_s, connect=provider.connect_timeout_s),
-            http_client=openai.DefaultAsyncHttpxClient(transport=LeanAsyncHTTPTransport()),
         )
         per_loop[provider] = client
     return client
