@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from openai import OpenAI
+from openai import AssistantEventHandler, OpenAI
+from typing_extensions import override
 
 from server.fake_upstream import RunningUpstream, serve_in_thread
 from tests.serverproc import ServerProcess
@@ -25,6 +26,20 @@ T = TypeVar("T")
 
 MODEL = "fake-model"
 TERMINAL = ("completed", "failed", "cancelled", "expired", "incomplete")
+
+
+class Recorder(AssistantEventHandler):
+    """Records every event name (and the event objects) the SDK stream helper delivers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self.events: list[Any] = []
+
+    @override
+    def on_event(self, event: Any) -> None:
+        self.names.append(event.event)
+        self.events.append(event)
 
 
 def upstream_env(upstream: RunningUpstream, **extra: str) -> dict[str, str]:

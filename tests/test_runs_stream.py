@@ -8,11 +8,11 @@ import json
 from typing import Any
 
 import pytest
-from openai import AssistantEventHandler, OpenAI
-from typing_extensions import override
+from openai import OpenAI
 
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import (
+    Recorder,
     SSEEvent,
     SSEReader,
     assistant_text,
@@ -26,20 +26,6 @@ from tests.runs_fixtures import (
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-class Recorder(AssistantEventHandler):
-    """Records every event name (and the event objects) the SDK stream helper delivers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-        self.events: list[Any] = []
-
-    @override
-    def on_event(self, event: Any) -> None:
-        self.names.append(event.event)
-        self.events.append(event)
 
 
 def test_stream_helper_event_order_text_and_usage(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 import openai
 import pytest
-from openai import AssistantEventHandler, OpenAI
-from typing_extensions import override
+from openai import OpenAI
 
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import (
+    Recorder,
     assistant_text,
     message_value,
     pending_calls,
@@ -22,18 +22,6 @@ from tests.runs_fixtures import (
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-class Recorder(AssistantEventHandler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-        self.events: list[Any] = []
-
-    @override
-    def on_event(self, event: Any) -> None:
-        self.names.append(event.event)
-        self.events.append(event)
 
 
 def _requires_action(sdk: OpenAI, assistant: Any, text: str, **options: Any) -> tuple[str, Any]:
