@@ -12,7 +12,7 @@ from openai import OpenAI
 
 from tests.serverproc import ServerProcess
 
-__all__ = ["ERROR_KEYS", "assert_error", "cases", "http", "log_head", "sdk", "shared"]
+__all__ = ["ERROR_KEYS", "assert_error", "cases", "http", "log_head", "post_body", "sdk", "shared"]
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -59,3 +59,10 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
 
 def cases(table: list[tuple[str, Any, str | None]]) -> list[Any]:
     return [pytest.param(body, param, id=name) for name, body, param in table]
+
+
+def post_body(http: httpx.Client, path: str, body: bytes | dict[str, Any]) -> httpx.Response:
+    """POST a JSON body, or raw bytes sent as JSON (for malformed-JSON cases)."""
+    if isinstance(body, bytes):
+        return http.post(path, content=body, headers={"content-type": "application/json"})
+    return http.post(path, json=body)

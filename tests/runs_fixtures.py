@@ -137,6 +137,13 @@ def wait_run(
     return wait_for(check, timeout=timeout)
 
 
+def poll_run(sdk: OpenAI, thread_id: str, assistant: Any, **options: Any) -> Any:
+    """`create_and_poll` with a short poll interval: the run's final state."""
+    return sdk.beta.threads.runs.create_and_poll(
+        thread_id=thread_id, assistant_id=assistant.id, poll_interval_ms=20, **options
+    )
+
+
 def thread_with(client: OpenAI, text: str) -> str:
     thread = client.beta.threads.create(messages=[{"role": "user", "content": text}])
     return thread.id

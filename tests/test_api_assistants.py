@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.api_fixtures import ERROR_KEYS, assert_error, cases, http, log_head, sdk, shared  # noqa: F401
+from tests.api_fixtures import ERROR_KEYS, assert_error, cases, http, log_head, post_body, sdk, shared  # noqa: F401
 from tests.serverproc import ServerProcess
 
 ASSISTANT_REQUIRED = {"id", "object", "created_at", "name", "description", "model", "instructions", "tools", "metadata"}
@@ -206,13 +206,8 @@ def test_refused_create_appends_nothing(
     shared: ServerProcess, http: httpx.Client, body: bytes | dict[str, Any], param: str | None
 ) -> None:
     head = log_head(shared)
-    if isinstance(body, bytes):
-        response = http.post("/assistants", content=body, headers={"content-type": "application/json"})
-    else:
-        response = http.post("/assistants", json=body)
-    error = assert_error(response, 400, param)
-    if param is not None:
-        assert error["param"] == param
+    response = post_body(http, "/assistants", body)
+    assert_error(response, 400, param)
     assert log_head(shared) == head
 
 

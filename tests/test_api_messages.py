@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.api_fixtures import ERROR_KEYS, assert_error, cases, http, log_head, sdk, shared  # noqa: F401
+from tests.api_fixtures import ERROR_KEYS, assert_error, cases, http, log_head, post_body, sdk, shared  # noqa: F401
 from tests.serverproc import ServerProcess
 
 MESSAGE_REQUIRED = {
@@ -300,10 +300,7 @@ def test_refused_create_appends_nothing(
     thread_id, ids = ten
     head = log_head(shared)
     url = f"/threads/{thread_id}/messages"
-    if isinstance(body, bytes):
-        response = http.post(url, content=body, headers={"content-type": "application/json"})
-    else:
-        response = http.post(url, json=body)
+    response = post_body(http, url, body)
     assert_error(response, 400, param)
     assert log_head(shared) == head
     assert ids_of(http.get(url, params={"order": "asc"}).json()) == ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,13 +23,6 @@ from server.fake_upstream import (
 )
 
 MODEL = "fake-model"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RunningUpstream]:
-    running = serve_in_thread()
-    yield running
-    running.stop()
 
 
 @pytest.fixture(autouse=True)

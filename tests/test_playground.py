@@ -22,7 +22,7 @@ import pytest
 from openai import OpenAI
 
 from server.fake_upstream import RunningUpstream
-from tests.runs_fixtures import MODEL, assistant_text, make_sdk, message_value, start_server, upstream  # noqa: F401
+from tests.runs_fixtures import MODEL, assistant_text, message_value, run_server, sdk, start_server, upstream  # noqa: F401
 from tests.serverproc import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -71,17 +71,9 @@ SENTENCE = (
 
 
 @pytest.fixture(scope="module")
-def server(upstream: RunningUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("playground") / "data", upstream)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def sdk(server: ServerProcess) -> OpenAI:
-    return make_sdk(server)
+def server(run_server: ServerProcess) -> ServerProcess:
+    """The run tests' server (fake upstream, module scope); `sdk` comes with it."""
+    return run_server
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from tests.runs_fixtures import (
     make_sdk,
     message_value,
     pending_calls,
+    poll_run,
     read_sse,
     start_server,
     thread_with,
@@ -34,12 +35,6 @@ from tests.runs_fixtures import (
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _poll(sdk: OpenAI, thread_id: str, assistant: Any, **options: Any) -> Any:
-    return sdk.beta.threads.runs.create_and_poll(
-        thread_id=thread_id, assistant_id=assistant.id, poll_interval_ms=20, **options
-    )
 
 
 def _unique(text: str) -> str:
@@ -54,7 +49,7 @@ def test_instructions_additional_instructions_and_messages_reach_upstream(
     sdk: OpenAI, assistant: Any, upstream: RunningUpstream
 ) -> None:
     thread_id = thread_with(sdk, "first question")
-    run = _poll(
+    run = poll_run(
         sdk,
         thread_id,
         assistant,
@@ -86,7 +81,7 @@ def test_instructions_additional_instructions_and_messages_reach_upstream(
 
 def test_assistant_instructions_used_by_default(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     thread_id = thread_with(sdk, "say: ok")
-    run = _poll(sdk, thread_id, assistant, additional_instructions="Extra.")
+    run = poll_run(sdk, thread_id, assistant, additional_instructions="Extra.")
     assert run.status == "completed"
     assert upstream.requests()[-1]["messages"][0] == {
         "role": "system",
@@ -96,7 +91,7 @@ def test_assistant_instructions_used_by_default(sdk: OpenAI, assistant: Any, ups
 
 def test_model_override(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     thread_id = thread_with(sdk, "say: from another model")
-    run = _poll(sdk, thread_id, assistant, model="gpt-4o-mini")
+    run = poll_run(sdk, thread_id, assistant, model="gpt-4o-mini")
     assert run.status == "completed"
     assert run.model == "gpt-4o-mini"
     assert upstream.requests()[-1]["model"] == "gpt-4o-mini"
@@ -104,7 +99,7 @@ def test_model_override(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) 
 
 def test_response_format_json_object(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     thread_id = thread_with(sdk, "give me json")
-    run = _poll(sdk, thread_id, assistant, response_format={"type": "json_object"})
+    run = poll_run(sdk, thread_id, assistant, response_format={"type": "json_object"})
     assert run.status == "completed"
     assert upstream.requests()[-1]["response_format"] == {"type": "json_object"}
     (message,) = assistant_text(sdk, thread_id, run.id)
@@ -113,7 +108,7 @@ def test_response_format_json_object(sdk: OpenAI, assistant: Any, upstream: Runn
 
 def test_temperature_and_top_p_forwarded(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     thread_id = thread_with(sdk, "say: tuned")
-    run = _poll(sdk, thread_id, assistant, temperature=0.3, top_p=0.7)
+    run = poll_run(sdk, thread_id, assistant, temperature=0.3, top_p=0.7)
     assert run.status == "completed"
     assert (run.temperature, run.top_p) == (0.3, 0.7)
     sent = upstream.requests()[-1]
@@ -123,7 +118,7 @@ def test_temperature_and_top_p_forwarded(sdk: OpenAI, assistant: Any, upstream: 
 def test_truncation_last_messages(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     messages: list[Any] = [{"role": "user", "content": f"message {i}"} for i in range(5)]
     thread = sdk.beta.threads.create(messages=[*messages, {"role": "user", "content": "say: truncated"}])
-    run = _poll(sdk, thread.id, assistant, truncation_strategy={"type": "last_messages", "last_messages": 2})
+    run = poll_run(sdk, thread.id, assistant, truncation_strategy={"type": "last_messages", "last_messages": 2})
     assert run.status == "completed"
     assert run.truncation_strategy.type == "last_messages"
     assert run.truncation_strategy.last_messages == 2
@@ -138,7 +133,7 @@ def test_truncation_last_messages(sdk: OpenAI, assistant: Any, upstream: Running
 def test_max_prompt_tokens_too_small(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     thread_id = thread_with(sdk, "say: never\n" + " ".join(f"word{i}" for i in range(2000)))
     before = len(upstream.requests())
-    run = _poll(sdk, thread_id, assistant, max_prompt_tokens=256)
+    run = poll_run(sdk, thread_id, assistant, max_prompt_tokens=256)
     assert run.status == "incomplete"
     assert run.incomplete_details is not None and run.incomplete_details.reason == "max_prompt_tokens"
     assert run.usage is not None
@@ -148,7 +143,7 @@ def test_max_prompt_tokens_too_small(sdk: OpenAI, assistant: Any, upstream: Runn
 
 def test_max_completion_tokens(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     thread_id = thread_with(sdk, "long: 400")
-    run = _poll(sdk, thread_id, assistant, max_completion_tokens=256)
+    run = poll_run(sdk, thread_id, assistant, max_completion_tokens=256)
     assert run.status == "incomplete"
     assert run.incomplete_details is not None and run.incomplete_details.reason == "max_completion_tokens"
     assert upstream.requests()[-1]["max_completion_tokens"] == 256
@@ -163,7 +158,7 @@ def test_max_completion_tokens(sdk: OpenAI, assistant: Any, upstream: RunningUps
 
 def test_run_and_step_usage_non_null_and_consistent(sdk: OpenAI, assistant: Any) -> None:
     thread_id = thread_with(sdk, "say: counting tokens\nusage: 40 3")
-    run = _poll(sdk, thread_id, assistant)
+    run = poll_run(sdk, thread_id, assistant)
     assert run.status == "completed"
     assert run.usage is not None
     assert (run.usage.prompt_tokens, run.usage.completion_tokens, run.usage.total_tokens) == (40, 3, 43)
@@ -204,12 +199,12 @@ def test_one_active_run_per_thread(sdk: OpenAI, assistant: Any) -> None:
     assert final.status == "completed"
     # Once it ended, the thread takes new messages and runs again.
     sdk.beta.threads.messages.create(thread_id, role="user", content="say: next")
-    assert _poll(sdk, thread_id, assistant).status == "completed"
+    assert poll_run(sdk, thread_id, assistant).status == "completed"
 
 
 def test_one_active_run_while_requires_action(sdk: OpenAI, assistant: Any) -> None:
     thread_id = thread_with(sdk, 'call: get_weather {"city": "Bern"}')
-    run = _poll(sdk, thread_id, assistant)
+    run = poll_run(sdk, thread_id, assistant)
     assert run.status == "requires_action"
     with pytest.raises(openai.BadRequestError):
         sdk.beta.threads.runs.create(thread_id=thread_id, assistant_id=assistant.id)
@@ -323,7 +318,7 @@ def test_dropped_client_does_not_stop_the_run(
 def test_rate_limit_once_is_retried(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     text = _unique("fail: 429 1\nsay: after a retry")
     before = len(upstream.requests())
-    run = _poll(sdk, thread_with(sdk, text), assistant)
+    run = poll_run(sdk, thread_with(sdk, text), assistant)
     assert run.status == "completed"
     assert len(upstream.requests()) - before == 2
     assert [message_value(m) for m in assistant_text(sdk, run.thread_id, run.id)] == ["after a retry"]
@@ -331,7 +326,7 @@ def test_rate_limit_once_is_retried(sdk: OpenAI, assistant: Any, upstream: Runni
 
 def test_server_errors_fail_the_run(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     before = len(upstream.requests())
-    run = _poll(sdk, thread_with(sdk, _unique("fail: 500 9")), assistant)
+    run = poll_run(sdk, thread_with(sdk, _unique("fail: 500 9")), assistant)
     assert run.status == "failed"
     assert run.last_error is not None and run.last_error.code == "server_error"
     assert "Provider 'default'" in run.last_error.message
@@ -343,7 +338,7 @@ def test_server_errors_fail_the_run(sdk: OpenAI, assistant: Any, upstream: Runni
 
 
 def test_persistent_rate_limit_fails_the_run(sdk: OpenAI, assistant: Any) -> None:
-    run = _poll(sdk, thread_with(sdk, _unique("fail: 429 9")), assistant)
+    run = poll_run(sdk, thread_with(sdk, _unique("fail: 429 9")), assistant)
     assert run.status == "failed"
     assert run.last_error is not None and run.last_error.code == "rate_limit_exceeded"
     assert "Provider 'default'" in run.last_error.message

@@ -24,18 +24,13 @@ from tests.runs_fixtures import (
     make_sdk,
     message_value,
     pending_calls,
+    poll_run,
     start_server,
     thread_with,
 )
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _poll(sdk: OpenAI, thread_id: str, assistant: Any, **options: Any) -> Any:
-    return sdk.beta.threads.runs.create_and_poll(
-        thread_id=thread_id, assistant_id=assistant.id, poll_interval_ms=20, **options
-    )
 
 
 # ----------------------------------------------------------------- truncation: auto
@@ -47,14 +42,14 @@ def test_auto_truncation_fits_max_prompt_tokens(sdk: OpenAI, assistant: Any, ups
     filler = " ".join(f"filler{i}" for i in range(20))
     history: list[Any] = [{"role": "user", "content": f"message {i}: {filler}"} for i in range(12)]
     thread = sdk.beta.threads.create(messages=[*history, {"role": "user", "content": "say: fitted"}])
-    everything = _poll(sdk, thread.id, assistant)  # no limit: the whole thread goes up
+    everything = poll_run(sdk, thread.id, assistant)  # no limit: the whole thread goes up
     assert everything.status == "completed"
     full = upstream.requests()[-1]["messages"]
     assert len(full) == 1 + 12 + 1  # system, history, the last user message
 
     thread = sdk.beta.threads.create(messages=[*history, {"role": "user", "content": "say: fitted"}])
     budget = 400
-    run = _poll(sdk, thread.id, assistant, max_prompt_tokens=budget, truncation_strategy={"type": "auto"})
+    run = poll_run(sdk, thread.id, assistant, max_prompt_tokens=budget, truncation_strategy={"type": "auto"})
     assert run.status == "completed", (run.status, run.incomplete_details)
     assert run.max_prompt_tokens == budget
     assert run.truncation_strategy.type == "auto"
@@ -78,7 +73,7 @@ def test_last_messages_and_max_prompt_tokens_together(sdk: OpenAI, assistant: An
         messages=[{"role": "user", "content": "old small"}, {"role": "user", "content": f"say: big\n{big}"}]
     )
     before = len(upstream.requests())
-    run = _poll(
+    run = poll_run(
         sdk,
         thread.id,
         assistant,
@@ -96,7 +91,7 @@ def test_last_messages_and_max_prompt_tokens_together(sdk: OpenAI, assistant: An
 def test_upstream_503_once_is_retried(sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
     text = f"fail: 503 1\nsay: recovered\nnonce {uuid.uuid4().hex}"
     before = len(upstream.requests())
-    run = _poll(sdk, thread_with(sdk, text), assistant)
+    run = poll_run(sdk, thread_with(sdk, text), assistant)
     assert run.status == "completed"
     assert run.last_error is None
     assert len(upstream.requests()) - before == 2
@@ -110,7 +105,7 @@ def test_slow_steady_stream_longer_than_the_stall_timeout_completes(
     stream taking 3.5 s that never pauses for 2 s completes."""
     thread_id = thread_with(sdk, "long: 35\nslow: 100")
     started = time.monotonic()
-    run = _poll(sdk, thread_id, assistant)
+    run = poll_run(sdk, thread_id, assistant)
     assert time.monotonic() - started > 3.0
     assert run.status == "completed", run.last_error
     (message,) = assistant_text(sdk, thread_id, run.id)
@@ -236,15 +231,15 @@ def test_providers_file_routes_exact_and_glob_names(
         return [r["model"] for r in running.requests() if marker in str(r["messages"])]
 
     # Exact name -> primary.
-    run = _poll(client, thread_with(client, f"say: primary\n{marker}"), helper)
+    run = poll_run(client, thread_with(client, f"say: primary\n{marker}"), helper)
     assert run.status == "completed" and run.model == MODEL
     # Glob -> alt, with alt's own key (the fake alt upstream refuses any other key).
-    run = _poll(client, thread_with(client, f"say: via alt\n{marker}"), helper, model="alt-large")
+    run = poll_run(client, thread_with(client, f"say: via alt\n{marker}"), helper, model="alt-large")
     assert run.status == "completed", run.last_error
     assert run.model == "alt-large"
     assert [message_value(m) for m in assistant_text(client, run.thread_id, run.id)] == ["via alt"]
     # Exact entry of the alt provider, through a function call and a submit.
-    run = _poll(client, thread_with(client, f"call: f {{}}\n{marker}"), helper, model="exact-alt")
+    run = poll_run(client, thread_with(client, f"call: f {{}}\n{marker}"), helper, model="exact-alt")
     (call,) = pending_calls(run)
     final = client.beta.threads.runs.submit_tool_outputs_and_poll(
         thread_id=run.thread_id, run_id=run.id, tool_outputs=[{"tool_call_id": call.id, "output": "ok"}]
@@ -258,7 +253,7 @@ def test_providers_file_failures_name_the_provider(routed_server: ServerProcess,
     client = make_sdk(routed_server)
     helper = client.beta.assistants.create(model="alt-small")
     before = len(alt_upstream.requests())
-    run = _poll(client, thread_with(client, f"fail: 500 9\nnonce {uuid.uuid4().hex}"), helper)
+    run = poll_run(client, thread_with(client, f"fail: 500 9\nnonce {uuid.uuid4().hex}"), helper)
     assert run.status == "failed"
     assert run.last_error is not None and run.last_error.code == "server_error"
     assert "Provider 'alt'" in run.last_error.message and alt_upstream.base_url in run.last_error.message
@@ -280,4 +275,4 @@ def test_providers_file_without_default_refuses_unrouted_models(routed_server: S
         client.beta.threads.runs.create(thread_id=thread_id, assistant_id=helper.id, model="other-model")
     assert log_head(routed_server) == head, "nothing was appended"
     # A model the file routes is accepted on the same thread.
-    assert _poll(client, thread_id, helper, model="alt-1").status == "completed"
+    assert poll_run(client, thread_id, helper, model="alt-1").status == "completed"
