@@ -243,10 +243,6 @@ class ViewProjector:
         return view
 
 
-async def ensure_schema(conn: aiosqlite.Connection) -> None:
-    await conn.executescript(VIEWS_SCHEMA)
-
-
 async def read_position(conn: aiosqlite.Connection) -> int:
     rows = list(
         await conn.execute_fetchall("SELECT position FROM projection_position WHERE name = ?", (POSITION_NAME,))

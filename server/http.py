@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from server.errors import APIError, bad_request, validation_error
+from server.errors import bad_request, validation_error
 
 __all__ = ["ListParams", "json_body", "list_params", "parse_body"]
 
@@ -69,8 +69,3 @@ def list_params(request: Request, max_limit: int = 100, default_limit: int = 20)
         after=query.get("after") or None,
         before=query.get("before") or None,
     )
-
-
-def require(condition: bool, status: int, message: str, param: str | None = None) -> None:
-    if not condition:
-        raise APIError(status, message, param=param)

@@ -166,7 +166,7 @@ class RunEngine:
             for event in self._complete_message(turn_usage if not calls else None, truncated):
                 yield event
             if truncated:
-                for event in self._finish_incomplete("max_completion_tokens", step_usage=turn_usage):
+                for event in self._finish_incomplete("max_completion_tokens"):
                     yield event
                 return
             if not calls:
@@ -422,7 +422,7 @@ class RunEngine:
         )
         return [run_event(run)]
 
-    def _finish_incomplete(self, reason: str, step_usage: dict[str, int] | None = None) -> list[NewEvent]:
+    def _finish_incomplete(self, reason: str) -> list[NewEvent]:
         events = self._close_open("incomplete")
         run = self.run
         run.update(

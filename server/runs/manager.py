@@ -312,11 +312,3 @@ class RunManager:
                 closed["last_error"] = error
             events.append(objects.step_event(closed))
         return events
-
-
-@contextlib.asynccontextmanager
-async def running(manager: RunManager) -> Any:
-    try:
-        yield manager
-    finally:
-        await manager.shutdown()
