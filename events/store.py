@@ -21,7 +21,7 @@ import aiosqlite
 
 from events.records import SCHEMA_VERSION, NewEvent, StoredEvent, encode
 
-__all__ = ["SYNCHRONOUS_MODES", "ConcurrencyError", "EventStore", "Projector"]
+__all__ = ["SYNCHRONOUS_MODES", "ConcurrencyError", "EventStore", "Projector", "row_to_event"]
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 """WAL + NORMAL survives a crash of the process (kill -9); FULL also survives power loss."""
@@ -395,7 +395,7 @@ class EventStore:
             sql = f"SELECT {_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?"
             args = (after, limit)
         rows = list(await (conn or self.reader).execute_fetchall(sql, args))
-        return [_row_to_event(row) for row in rows]
+        return [row_to_event(row) for row in rows]
 
     async def subscribe(
         self,
@@ -468,7 +468,7 @@ async def open_connection(path: Path, synchronous: str = "NORMAL") -> aiosqlite.
     return conn
 
 
-def _row_to_event(row: Sequence[object]) -> StoredEvent:
+def row_to_event(row: Sequence[object]) -> StoredEvent:
     sequence, stream_id, version, type_, data, created_at, run_id, schema_version = row
     return StoredEvent(
         sequence=int(sequence),  # type: ignore[call-overload]

@@ -18,6 +18,7 @@ import aiosqlite
 
 from events.records import StoredEvent
 from events.store import Statement
+from projections.live import LiveDoc, fold_deltas
 
 __all__ = [
     "POSITION_NAME",
@@ -100,13 +101,19 @@ CREATE TABLE IF NOT EXISTS projection_position (
 
 @dataclass(frozen=True)
 class Projection:
-    """One kind of view and the folds that keep it."""
+    """One kind of view and the folds that keep it.
+
+    `streamed` names delta event types (payload `{"id", "delta": {...}}`) that are not
+    folded into the stored view but kept in memory until the next whole-object event
+    (see projections/live.py): reads of an object that is streaming see them merged.
+    """
 
     kind: str
     folds: Mapping[str, Fold]
     parent_field: str | None = None
     run_field: str | None = None
     key: Callable[[Mapping[str, Any]], str] = field(default=by_id)
+    streamed: frozenset[str] = frozenset()
 
     def meta(self, doc: Doc) -> tuple[str | None, str | None]:
         parent = doc.get(self.parent_field) if self.parent_field else None
@@ -153,6 +160,12 @@ class ViewProjector:
         self._cache: OrderedDict[ViewKey, View | None] = OrderedDict()
         self._cache_size = cache_size
         self._pending: dict[ViewKey, View | None] = {}
+        self._streamed: dict[str, str] = {t: p.kind for p in self._by_kind.values() for t in p.streamed}
+        self.streamed_kinds = frozenset(self._streamed.values())
+        self._live: dict[ViewKey, LiveDoc] = {}
+        # What the staged appends do to the live docs, in log order: a delta (with the
+        # stored view it applies to), or a whole-object event on a key (the view it left).
+        self._pending_live: list[tuple[ViewKey, dict[str, Any] | None, View | None, bool]] = []
 
     schema = VIEWS_SCHEMA
 
@@ -184,7 +197,13 @@ class ViewProjector:
     async def stage(self, conn: aiosqlite.Connection, events: Sequence[StoredEvent]) -> None:
         loaded: dict[ViewKey, View | None] = {}
         for event in events:
-            for key in self.keys_for(event):
+            streamed = self._streamed.get(event.type)
+            if streamed is not None:
+                key = (streamed, str(event.data["id"]))
+                keys = [] if key in self._live else [key]  # a live doc needs no stored base
+            else:
+                keys = self.keys_for(event)
+            for key in keys:
                 if key not in self._pending and key not in loaded:
                     loaded[key] = await self._load(conn, key)
 
@@ -192,9 +211,45 @@ class ViewProjector:
             return self._pending[key] if key in self._pending else loaded.get(key)
 
         overlay: dict[ViewKey, View | None] = {}
+        live_ops: list[tuple[ViewKey, dict[str, Any] | None, View | None, bool]] = []
         for event in events:
+            streamed = self._streamed.get(event.type)
+            if streamed is not None:
+                key = (streamed, str(event.data["id"]))
+                base = overlay[key] if key in overlay else lookup(key)
+                live_ops.append((key, event.data.get("delta") or {}, base, False))
+                continue
             self.fold_event(event, overlay, lookup)
+            if self._live or live_ops:
+                handlers = self._handlers.get(event.type, ())
+                for (projection, fold), key in zip(handlers, self.keys_for(event), strict=True):
+                    if projection.streamed:
+                        live_ops.append((key, None, overlay[key], fold in _OVERWRITING))
         self._pending.update(overlay)
+        self._pending_live.extend(live_ops)
+
+    def live_doc(self, kind: str, view_id: str) -> Doc | None:
+        """The streaming object with its deltas merged, if it is streaming (committed state)."""
+        live = self._live.get((kind, view_id))
+        return None if live is None else live.materialize()
+
+    def fold_streamed(self, kind: str, events: Iterable[StoredEvent]) -> Doc | None:
+        """One object's view folded from its events, deltas included (for one not kept in memory)."""
+        doc: Doc | None = None
+        deltas: list[dict[str, Any]] = []
+        for event in events:
+            if self._streamed.get(event.type) == kind:
+                deltas.append(event.data.get("delta") or {})
+                continue
+            for projection, fold in self._handlers.get(event.type, ()):
+                if projection.kind == kind:
+                    if fold in _OVERWRITING:
+                        deltas = []
+                    elif doc is not None and deltas:
+                        doc = fold_deltas(doc, deltas)
+                        deltas = []
+                    doc = fold(doc, event)
+        return fold_deltas(doc, deltas) if doc is not None and deltas else doc
 
     def flush_statements(self, position: int) -> list[Statement]:
         return [*self.view_statements(self._pending), position_statement(position)]
@@ -225,11 +280,26 @@ class ViewProjector:
             self._cache[key] = view
             self._cache.move_to_end(key)
         self._pending.clear()
+        for key, delta, view, overwritten in self._pending_live:
+            live = self._live.get(key)
+            if delta is None:  # a whole-object event
+                if live is not None:
+                    if overwritten or view is None:
+                        del self._live[key]
+                    else:
+                        live.rebase(view.doc)
+            elif live is not None:
+                live.apply(delta)
+            elif view is not None:
+                live = self._live[key] = LiveDoc(view.doc)
+                live.apply(delta)
+        self._pending_live.clear()
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
     def rollback(self) -> None:
         self._pending.clear()
+        self._pending_live.clear()
         self._cache.clear()
 
     async def _load(self, conn: aiosqlite.Connection, key: ViewKey) -> View | None:

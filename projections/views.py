@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from projections.base import Doc
+from events.store import row_to_event
+from projections.base import Doc, ViewProjector
 
 __all__ = ["Page", "UnknownCursor", "ViewReader"]
 
@@ -40,15 +41,47 @@ class Page:
 
 
 class ViewReader:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    """Reads the stored views; with the projector, objects that are streaming include their deltas.
+
+    Stored views hold whole-object events only (see projections/live.py). An object read
+    while `in_progress` is merged with its deltas: from the projector's memory, or, for one
+    it does not hold (after a restart), folded from the object's events in the log.
+    """
+
+    def __init__(self, conn: aiosqlite.Connection, projector: ViewProjector | None = None) -> None:
         self._conn = conn
+        self._projector = projector
 
     async def get(self, kind: str, view_id: str) -> Doc | None:
         rows = list(
             await self._conn.execute_fetchall("SELECT doc FROM views WHERE kind = ? AND id = ?", (kind, view_id))
         )
         row = rows[0] if rows else None
-        return None if row is None else json.loads(row[0])
+        if row is None:
+            return None
+        return (await self._streaming(kind, [json.loads(row[0])]))[0]
+
+    async def _streaming(self, kind: str, docs: builtins.list[Doc]) -> builtins.list[Doc]:
+        projector = self._projector
+        if projector is None or kind not in projector.streamed_kinds:
+            return docs
+        out = []
+        for doc in docs:
+            if doc.get("status") == "in_progress":
+                live = projector.live_doc(kind, doc["id"])
+                if live is None and doc.get("run_id"):
+                    live = await self._fold_from_log(projector, kind, doc)
+                doc = live or doc
+            out.append(doc)
+        return out
+
+    async def _fold_from_log(self, projector: ViewProjector, kind: str, doc: Doc) -> Doc | None:
+        sql = (
+            "SELECT sequence, stream_id, version, type, data, created_at, run_id, schema_version FROM events "
+            "WHERE run_id = ? AND json_extract(data, '$.id') = ? ORDER BY sequence"
+        )
+        rows = await self._conn.execute_fetchall(sql, (doc["run_id"], doc["id"]))
+        return projector.fold_streamed(kind, (row_to_event(row) for row in rows))
 
     async def list(
         self,
@@ -89,7 +122,7 @@ class ViewReader:
         direction = "ASC" if walk_ascending else "DESC"
         sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal {direction} LIMIT ?"
         rows = builtins.list(await self._conn.execute_fetchall(sql, (*args, limit + 1)))
-        docs = [json.loads(row[0]) for row in rows[:limit]]
+        docs = await self._streaming(kind, [json.loads(row[0]) for row in rows[:limit]])
         if walk_ascending != ascending:
             docs.reverse()
         return Page(docs, has_more=len(rows) > limit)
@@ -115,7 +148,7 @@ class ViewReader:
             f"AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
         )
         rows = list(await self._conn.execute_fetchall(sql, (kind, parent_id, *statuses)))
-        return [json.loads(row[0]) for row in rows]
+        return await self._streaming(kind, [json.loads(row[0]) for row in rows])
 
     async def with_id_suffix(self, kind: str, suffix: str) -> builtins.list[Doc]:
         """Views whose composite id ends with `suffix` (a file's entries in every vector store)."""
@@ -131,4 +164,4 @@ class ViewReader:
         marks = ",".join("?" for _ in statuses)
         sql = f"SELECT doc FROM views WHERE kind = ? AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
         rows = list(await self._conn.execute_fetchall(sql, (kind, *statuses)))
-        return [json.loads(row[0]) for row in rows]
+        return await self._streaming(kind, [json.loads(row[0]) for row in rows])

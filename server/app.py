@@ -57,9 +57,10 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock_data_dir(settings)
-        store = EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=build_projector())
+        projector = build_projector()
+        store = EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=projector)
         await store.open()
-        views = ViewReader(store.reader)
+        views = ViewReader(store.reader, projector)
         manager = RunManager(store, views, providers)
         svc = Services(settings=settings, store=store, views=views, runs=manager)
         manager.builtins = Builtins(svc)

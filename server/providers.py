@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - depends on the installed SDK
 
 __all__ = [
     "Chunk",
+    "MalformedChunk",
     "Provider",
     "ProviderRegistry",
     "UpstreamError",
@@ -414,7 +415,7 @@ class ChunkFunction:
 
 @dataclass(slots=True)
 class ChunkToolCall:
-    index: int
+    index: int | None  # None where the provider sent none (some send it on a call's first chunk only)
     id: str | None = None
     type: str | None = None
     function: ChunkFunction | None = None
@@ -442,9 +443,18 @@ class ChunkUsage:
     total_tokens: int = 0
 
 
+class MalformedChunk(ValueError):
+    """A chunk that is JSON but not a `chat.completion.chunk` the engine can use; says what is wrong."""
+
+
 @dataclass(slots=True)
 class Chunk:
-    """One ``chat.completion.chunk``: the fields the run engine uses, parsed leniently."""
+    """One ``chat.completion.chunk``: the fields the run engine uses, checked for their types.
+
+    Missing or null fields are tolerated (providers leave out different ones); a field of
+    the wrong type raises :class:`MalformedChunk` naming it, so a run fails with words
+    instead of a Python error deep in the engine.
+    """
 
     id: str | None
     model: str | None
@@ -453,36 +463,33 @@ class Chunk:
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Chunk:
+        raw_choices = data.get("choices")
+        if raw_choices is None:
+            raw_choices = ()
+        elif not isinstance(raw_choices, list):
+            raise MalformedChunk(f"'choices' is {_kind(raw_choices)}, not a list")
         choices = []
-        for raw in data.get("choices") or ():
-            delta = raw.get("delta") or {}
-            calls = delta.get("tool_calls")
-            tool_calls = None
-            if calls:
-                tool_calls = []
-                for position, call in enumerate(calls):
-                    function = call.get("function")
-                    tool_calls.append(
-                        ChunkToolCall(
-                            index=_int(call.get("index"), position),
-                            id=call.get("id"),
-                            type=call.get("type"),
-                            function=None
-                            if function is None
-                            else ChunkFunction(function.get("name"), function.get("arguments")),
-                        )
-                    )
+        for raw in raw_choices:
+            if not isinstance(raw, dict):
+                raise MalformedChunk(f"a choice is {_kind(raw)}, not an object")
+            delta = raw.get("delta")
+            if delta is None:
+                delta = {}
+            elif not isinstance(delta, dict):
+                raise MalformedChunk(f"'delta' is {_kind(delta)}, not an object")
             choices.append(
                 ChunkChoice(
                     index=_int(raw.get("index"), 0),
-                    delta=ChunkDelta(delta.get("content"), delta.get("role"), tool_calls, delta.get("refusal")),
-                    finish_reason=raw.get("finish_reason"),
+                    delta=ChunkDelta(
+                        _str(delta, "content"), _str(delta, "role"), _tool_calls(delta), _str(delta, "refusal")
+                    ),
+                    finish_reason=_str(raw, "finish_reason"),
                 )
             )
         usage = data.get("usage")
         return cls(
-            id=data.get("id"),
-            model=data.get("model"),
+            id=data.get("id") if isinstance(data.get("id"), str) else None,
+            model=data.get("model") if isinstance(data.get("model"), str) else None,
             choices=choices,
             usage=None
             if not isinstance(usage, dict)
@@ -492,6 +499,45 @@ class Chunk:
                 _int(usage.get("total_tokens"), 0),
             ),
         )
+
+
+def _tool_calls(delta: dict[str, Any]) -> list[ChunkToolCall] | None:
+    calls = delta.get("tool_calls")
+    if not calls:
+        return None
+    if not isinstance(calls, list):
+        raise MalformedChunk(f"'tool_calls' is {_kind(calls)}, not a list")
+    out = []
+    for call in calls:
+        if not isinstance(call, dict):
+            raise MalformedChunk(f"a tool call is {_kind(call)}, not an object")
+        function = call.get("function")
+        if function is not None and not isinstance(function, dict):
+            raise MalformedChunk(f"a tool call's 'function' is {_kind(function)}, not an object")
+        index = call.get("index")
+        out.append(
+            ChunkToolCall(
+                index=index if isinstance(index, int) and not isinstance(index, bool) else None,
+                id=_str(call, "id") or None,
+                type=_str(call, "type"),
+                function=None
+                if function is None
+                else ChunkFunction(_str(function, "name"), _str(function, "arguments")),
+            )
+        )
+    return out
+
+
+def _str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise MalformedChunk(f"'{key}' is {_kind(value)}, not a string")
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _int(value: Any, default: int) -> int:
@@ -522,14 +568,16 @@ async def stream_chat_completion(provider: Provider, request: dict[str, Any]) ->
     except openai.APIError as exc:
         raise _map_error(provider, exc) from exc
     async with stream:
-        events = _sse_data(stream.response)
+        reader = _SSEBody(stream.response)
+        events = reader.events()
         guard = _StallGuard(provider.timeout_s)
+        chunks = 0
         try:
             done = False
             while True:
                 event = await _next_event(provider, events, guard)
                 if event is None:
-                    return
+                    break
                 if done:
                     continue  # drain after [DONE] so the keep-alive connection is reused
                 if event.startswith(b"[DONE]"):
@@ -542,7 +590,9 @@ async def stream_chat_completion(provider: Provider, request: dict[str, Any]) ->
                         "server_error", f"{_label(provider)}: sent a chunk that is not JSON: {event[:200]!r}"
                     ) from exc
                 if not isinstance(data, dict):
-                    continue
+                    raise UpstreamError(
+                        "server_error", f"{_label(provider)}: sent a chunk that is not a JSON object: {event[:200]!r}"
+                    )
                 if data.get("error"):
                     error = data["error"]
                     detail = error.get("message") if isinstance(error, dict) else None
@@ -550,37 +600,77 @@ async def stream_chat_completion(provider: Provider, request: dict[str, Any]) ->
                         "server_error",
                         f"{_label(provider)}: error while streaming: {detail or json.dumps(error)[:300]}",
                     )
-                yield Chunk.parse(data)
+                try:
+                    chunk = Chunk.parse(data)
+                except MalformedChunk as exc:
+                    raise UpstreamError(
+                        "server_error", f"{_label(provider)}: sent a malformed chunk ({exc}): {event[:200]!r}"
+                    ) from exc
+                chunks += 1
+                yield chunk
         finally:
             guard.close()
+        if chunks == 0:
+            content_type = stream.response.headers.get("content-type", "none")
+            raise UpstreamError(
+                "server_error",
+                f"{_label(provider)}: answered without a single completion chunk "
+                f"(content-type {content_type}); it sent: {bytes(reader.sample)!r}",
+            )
 
 
-async def _sse_data(response: Any) -> AsyncIterator[bytes]:
+class _SSEBody:
     """The `data` of each server-sent event of a response body (comments and other fields skipped).
 
-    Lines end with LF or CRLF. HTTP errors while reading are raised as the SDK's
-    APITimeoutError / APIConnectionError, as its own stream iterator does.
+    Lines end with LF, CRLF or CR. Each read costs its own size: bytes are appended to
+    one buffer and only the new ones are searched for the end of an event, so an event
+    that arrives in many small reads is not rescanned from its start. The first bytes are
+    kept to say what a broken upstream sent. HTTP errors while reading are raised as the
+    SDK's APITimeoutError / APIConnectionError, as its own stream iterator does.
     """
-    buffer = b""
-    try:
-        async for chunk in response.aiter_bytes():
-            buffer = buffer + chunk if buffer else chunk
-            if b"\r" in buffer:
-                buffer = buffer.replace(b"\r\n", b"\n")
-            if b"\n\n" not in buffer:
-                continue
-            *blocks, buffer = buffer.split(b"\n\n")
-            for block in blocks:
-                data = _block_data(block)
-                if data is not None:
-                    yield data
-    except timeout_exceptions() as exc:
-        raise openai.APITimeoutError(request=response.request) from exc
-    except request_exceptions() as exc:
-        raise openai.APIConnectionError(request=response.request) from exc
-    data = _block_data(buffer)
-    if data is not None:
-        yield data
+
+    SAMPLE_BYTES = 300
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self.sample = bytearray()
+
+    async def events(self) -> AsyncIterator[bytes]:
+        response = self.response
+        buffer = bytearray()
+        scan = 0  # where the next search for a blank line starts
+        cr = False  # the last read ended in CR (maybe half of a CRLF)
+        try:
+            async for chunk in response.aiter_bytes():
+                if len(self.sample) < self.SAMPLE_BYTES:
+                    self.sample += chunk[: self.SAMPLE_BYTES - len(self.sample)]
+                if cr:
+                    chunk = b"\r" + chunk
+                    cr = False
+                if b"\r" in chunk:
+                    if chunk.endswith(b"\r"):
+                        chunk, cr = chunk[:-1], True
+                    chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+                buffer += chunk
+                start = 0
+                while True:
+                    end = buffer.find(b"\n\n", max(scan, start))
+                    if end < 0:
+                        break
+                    data = _block_data(bytes(buffer[start:end]))
+                    start = end + 2
+                    if data is not None:
+                        yield data
+                if start:
+                    del buffer[:start]
+                scan = max(0, len(buffer) - 1)
+        except timeout_exceptions() as exc:
+            raise openai.APITimeoutError(request=response.request) from exc
+        except request_exceptions() as exc:
+            raise openai.APIConnectionError(request=response.request) from exc
+        data = _block_data(bytes(buffer))
+        if data is not None:
+            yield data
 
 
 def _block_data(block: bytes) -> bytes | None:

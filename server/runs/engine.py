@@ -13,6 +13,7 @@ upstream HTTP stream at once; `closing_events()` then tells how to end the run.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -38,6 +39,7 @@ from server.runs.prompt import (
 __all__ = ["CITATION_PATTERN", "BuiltinTools", "RunEngine", "ToolResult"]
 
 CITATION_PATTERN = re.compile(r"【(\d+):(\d+)†([^】]+)】")
+_BUILTIN_ARGUMENT = {"code_interpreter": "code", "file_search": "query"}  # the one string each requires
 
 
 @dataclass
@@ -64,15 +66,22 @@ class _NoBuiltins:
 
 @dataclass
 class _Call:
-    """One tool call as it streams in."""
+    """One tool call as it streams in; text is kept in pieces so each fragment costs its own size."""
 
-    upstream_index: int
+    upstream_index: int | None
     index: int
     id: str
+    upstream_id: str | None = None
     name: str | None = None
-    arguments: str = ""
+    parts: list[str] = field(default_factory=list)
     announced: bool = False
-    code_sent: int = 0  # code_interpreter: characters of `code` already streamed as input
+    code: JsonStringStream | None = None  # code_interpreter: decodes `code` from the arguments as they stream
+
+    @property
+    def arguments(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
 
     def kind(self, builtin_names: set[str]) -> str:
         return self.name if self.name in builtin_names else "function"
@@ -104,6 +113,8 @@ class RunEngine:
         self._citations: dict[str, str] = {}
         self._paths: dict[str, str] = {}
         self._images: list[str] = []
+        self._text: list[str] = []  # the open message's text since its last snapshot, in pieces
+        self._step_calls: list[_Call] = []  # the open tool step's calls, in step order
         self._builtin_names = {t["type"] for t in run["tools"] if t["type"] in ("file_search", "code_interpreter")}
 
     # -- the generator ---------------------------------------------------------------------
@@ -178,6 +189,9 @@ class RunEngine:
             functions = [c for c in calls if c.kind(self._builtin_names) == "function"]
             if functions:
                 if self._tool_step is not None:
+                    # The step's calls as the views keep them (deltas are not folded into stored views).
+                    self._sync_calls()
+                    yield objects.step_event(self._tool_step, "snapshot", prefix="threadlog.step.")
                     yield NewEvent(
                         "threadlog.step.usage",
                         {"id": self._tool_step["id"], "run_id": self.run["id"], "usage": turn_usage or _zero_usage()},
@@ -209,71 +223,97 @@ class RunEngine:
         message = self._message
         first = not message["content"] or message["content"][-1]["type"] != "text"
         if first:
+            self._sync_text()
             message["content"].append({"type": "text", "text": {"value": "", "annotations": []}})
-        index = len(message["content"]) - 1
-        message["content"][index]["text"]["value"] += text
-        events.append(objects.text_delta(message, index, text, first))
+        self._text.append(text)
+        events.append(objects.text_delta(message, len(message["content"]) - 1, text, first))
         return events
+
+    def _sync_text(self) -> None:
+        """Write the streamed pieces into the message's last text part (before a snapshot)."""
+        if self._message is not None and self._text:
+            part = self._message["content"][-1]["text"]
+            part["value"] += "".join(self._text)
+        self._text = []
 
     def _on_tool_call(self, calls: list[_Call], tool_call: Any) -> list[NewEvent]:
         events: list[NewEvent] = []
-        call = next((c for c in calls if c.upstream_index == tool_call.index), None)
+        call = _match_call(calls, tool_call)
         if call is None:
             if self.run.get("parallel_tool_calls") is False and calls:
                 return events  # one call per turn was asked for
             # Our own ids: upstreams that reuse or omit ids must not make calls collide.
-            call = _Call(upstream_index=tool_call.index, index=len(calls), id=new_id("call_", 24))
+            call = _Call(
+                upstream_index=tool_call.index, index=len(calls), id=new_id("call_", 24), upstream_id=tool_call.id
+            )
             calls.append(call)
         function = tool_call.function
-        if function is not None and function.name:
-            call.name = (call.name or "") + function.name if not call.announced else call.name
-        if function is not None and function.arguments:
-            call.arguments += function.arguments
+        fragment = function.arguments if function is not None and function.arguments else ""
+        if function is not None and function.name and not call.announced:
+            call.name = (call.name or "") + function.name
+        if fragment:
+            call.parts.append(fragment)
         if call.name is None:
             return events
         if self._tool_step is None:
             events += self._complete_message(None, False)
             self._tool_step = objects.new_step(self.run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
+            self._step_calls = []
             events += [
                 objects.step_event(self._tool_step, "created"),
                 objects.step_event(self._tool_step, "in_progress"),
             ]
-        events += self._stream_call(call, function.arguments if function is not None and call.announced else None)
+        events += self._stream_call(call, fragment)
         return events
 
-    def _stream_call(self, call: _Call, fragment: str | None) -> list[NewEvent]:
-        """Step deltas for a call: its head once, then argument (or code) fragments."""
+    def _stream_call(self, call: _Call, fragment: str) -> list[NewEvent]:
+        """A step delta for a call: its head (with what has arrived so far) once, then fragments."""
         assert self._tool_step is not None
         kind = call.kind(self._builtin_names)
-        calls: list[dict[str, Any]] = self._tool_step["step_details"]["tool_calls"]
-        out: list[dict[str, Any]] = []
+        entry: dict[str, Any]
         if not call.announced:
             call.announced = True
-            head: dict[str, Any]
+            call.index = len(self._step_calls)
+            self._step_calls.append(call)
+            fragment = call.arguments
             if kind == "function":
-                head = {
+                entry = {
                     "id": call.id,
                     "type": "function",
-                    "function": {"name": call.name, "arguments": "", "output": None},
+                    "function": {"name": call.name, "arguments": fragment, "output": None},
                 }
             elif kind == "code_interpreter":
-                head = {"id": call.id, "type": "code_interpreter", "code_interpreter": {"input": "", "outputs": []}}
+                call.code = JsonStringStream("code")
+                entry = {
+                    "id": call.id,
+                    "type": "code_interpreter",
+                    "code_interpreter": {"input": call.code.feed(fragment), "outputs": []},
+                }
             else:
-                head = {"id": call.id, "type": "file_search", "file_search": {}}
-            calls.append(head)
-            out.append({"index": call.index, **head})
-            fragment = call.arguments
-        if kind == "function" and fragment:
-            calls[call.index]["function"]["arguments"] += fragment
-            out.append({"index": call.index, "type": "function", "function": {"arguments": fragment}})
-        elif kind == "code_interpreter":
-            code = _partial_json_string(call.arguments, "code")
-            new = code[call.code_sent :]
-            if new:
-                call.code_sent = len(code)
-                calls[call.index]["code_interpreter"]["input"] += new
-                out.append({"index": call.index, "type": "code_interpreter", "code_interpreter": {"input": new}})
-        return [objects.tool_call_delta(self._tool_step, out)] if out else []
+                entry = {"id": call.id, "type": "file_search", "file_search": {}}
+            self._tool_step["step_details"]["tool_calls"].append(copy.deepcopy(entry))
+        elif kind == "function" and fragment:
+            entry = {"type": "function", "function": {"arguments": fragment}}
+        elif kind == "code_interpreter" and call.code is not None and fragment:
+            new = call.code.feed(fragment)
+            if not new:
+                return []
+            entry = {"type": "code_interpreter", "code_interpreter": {"input": new}}
+        else:
+            return []
+        return [objects.tool_call_delta(self._tool_step, [{"index": call.index, **entry}], copy=False)]
+
+    def _sync_calls(self) -> None:
+        """Write the streamed arguments (and code) into the tool step (before a snapshot)."""
+        if self._tool_step is None:
+            return
+        entries = self._tool_step["step_details"]["tool_calls"]
+        for call in self._step_calls:
+            entry = entries[call.index]
+            if entry["type"] == "function":
+                entry["function"]["arguments"] = call.arguments
+            elif entry["type"] == "code_interpreter" and call.code is not None:
+                entry["code_interpreter"]["input"] = call.code.value
 
     def _announce_pending(self, calls: list[_Call]) -> list[NewEvent]:
         """Calls whose name never arrived with their first chunk still get a step entry."""
@@ -283,11 +323,12 @@ class RunEngine:
                 call.name = call.name or "unknown"
                 if self._tool_step is None:
                     self._tool_step = objects.new_step(self.run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
+                    self._step_calls = []
                     events += [
                         objects.step_event(self._tool_step, "created"),
                         objects.step_event(self._tool_step, "in_progress"),
                     ]
-                events += self._stream_call(call, None)
+                events += self._stream_call(call, "")
         return events
 
     # -- finishing pieces ------------------------------------------------------------------
@@ -296,6 +337,7 @@ class RunEngine:
         message, step = self._message, self._message_step
         if message is None or step is None:
             return []
+        self._sync_text()
         self._message = self._message_step = None
         events: list[NewEvent] = []
         annotations = self._annotations(message)
@@ -350,6 +392,7 @@ class RunEngine:
         step = self._tool_step
         if step is None:
             return
+        self._sync_calls()
         for call in calls:
             kind = call.kind(self._builtin_names)
             if kind == "function":
@@ -359,6 +402,9 @@ class RunEngine:
                 arguments = json.loads(call.arguments or "{}")
                 if not isinstance(arguments, dict):
                     raise ValueError("arguments must be a JSON object")
+                wanted = _BUILTIN_ARGUMENT.get(kind)
+                if wanted is not None and not isinstance(arguments.get(wanted), str):
+                    raise ValueError(f"'{wanted}' must be a string")
             except ValueError as exc:
                 result = ToolResult({}, f"Invalid arguments for {kind}: {exc}")
             else:
@@ -411,6 +457,7 @@ class RunEngine:
     def _complete_tool_step(self, usage: dict[str, int] | None) -> NewEvent:
         step = self._tool_step
         assert step is not None
+        self._sync_calls()
         self._tool_step = None
         step.update(status="completed", completed_at=now(), usage=usage or _zero_usage())
         return objects.step_event(step)
@@ -466,6 +513,8 @@ class RunEngine:
         return events
 
     def _close_open(self, how: str, error: dict[str, str] | None = None) -> list[NewEvent]:
+        self._sync_text()
+        self._sync_calls()
         events: list[NewEvent] = []
         stamp = now()
         reasons = {
@@ -598,36 +647,94 @@ def _zero_usage() -> dict[str, int]:
 
 
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+_SPECIAL = re.compile(r'["\\]')
 
 
-def _partial_json_string(text: str, key: str) -> str:
-    """The (possibly unfinished) string value of `key` in streamed JSON, decoded so far.
+class JsonStringStream:
+    """Decodes the string value of one key from JSON that arrives in fragments.
 
     Lets code_interpreter's input stream to the client as the model writes it, before the
-    arguments are complete JSON.
+    arguments are complete JSON. Each fragment costs its own length: decoded text is kept,
+    and only an escape cut by a fragment boundary is carried over. Invalid escapes are kept
+    as written rather than raised (the model's JSON is checked, and fed back, when it ends).
     """
-    match = re.search(r'"' + re.escape(key) + r'"\s*:\s*"', text)
-    if match is None:
-        return ""
-    out: list[str] = []
-    i = match.end()
-    while i < len(text):
-        ch = text[i]
-        if ch == '"':
-            break
-        if ch == "\\":
-            if i + 1 >= len(text):
+
+    def __init__(self, key: str) -> None:
+        self._opening = re.compile(r'"' + re.escape(key) + r'"\s*:\s*"')
+        self._head = ""  # text before the value's opening quote, while it has not been seen
+        self._carry = ""  # an unfinished escape at the end of the last fragment
+        self._found = False
+        self._closed = False
+        self._pieces: list[str] = []
+
+    @property
+    def value(self) -> str:
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
+
+    def feed(self, fragment: str) -> str:
+        """The newly decoded part of the value."""
+        if self._closed or not fragment:
+            return ""
+        if not self._found:
+            self._head += fragment
+            match = self._opening.search(self._head)
+            if match is None:
+                return ""
+            self._found = True
+            fragment, self._head = self._head[match.end() :], ""
+        text = self._carry + fragment
+        self._carry = ""
+        out: list[str] = []
+        i = 0
+        while i < len(text):
+            special = _SPECIAL.search(text, i)
+            if special is None:
+                out.append(text[i:])
                 break
-            nxt = text[i + 1]
+            j = special.start()
+            out.append(text[i:j])
+            if text[j] == '"':
+                self._closed = True
+                break
+            if j + 1 >= len(text):
+                self._carry = text[j:]
+                break
+            nxt = text[j + 1]
             if nxt == "u":
-                if i + 6 > len(text):
+                if j + 6 > len(text):
+                    self._carry = text[j:]
                     break
-                out.append(chr(int(text[i + 2 : i + 6], 16)))
-                i += 6
+                digits = text[j + 2 : j + 6]
+                try:
+                    out.append(chr(int(digits, 16)))
+                except ValueError:
+                    out.append(text[j : j + 6])
+                i = j + 6
                 continue
             out.append(_ESCAPES.get(nxt, nxt))
-            i += 2
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+            i = j + 2
+        new = "".join(out)
+        if new:
+            self._pieces.append(new)
+        return new
+
+
+def _match_call(calls: list[_Call], tool_call: Any) -> _Call | None:
+    """Which streaming call a chunk continues; None for a new call.
+
+    Providers differ: OpenAI sends `index` on every chunk and `id` on the first; some send
+    `index` only on the first chunk; some send every call whole with index 0 and its own id.
+    A chunk with an id not seen before starts a call; otherwise the id, then the index,
+    then the latest call decide.
+    """
+    upstream_id = tool_call.id
+    if upstream_id:
+        for call in calls:
+            if call.upstream_id == upstream_id:
+                return call
+        return None
+    if tool_call.index is not None:
+        return next((c for c in calls if c.upstream_index == tool_call.index), None)
+    return calls[-1] if calls else None

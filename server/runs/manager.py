@@ -157,7 +157,11 @@ class RunManager:
             logger.exception("run %s failed", run["id"])
             with contextlib.suppress(Exception):
                 await log.drain()
-            await self._append(run, engine.fail("server_error", f"Internal error while running: {exc}"))
+            message = (
+                f"The server had an internal error while running this run ({type(exc).__name__}); "
+                "its log has the details."
+            )
+            await self._append(run, engine.fail("server_error", message))
         finally:
             self._engines.pop(run["id"], None)
             self._tasks.pop(run["id"], None)

@@ -69,8 +69,8 @@ def run_event(run: dict[str, Any]) -> NewEvent:
     return NewEvent(f"thread.run.{run['status']}", _copy(run), run_id=run["id"])
 
 
-def step_event(step: dict[str, Any], name: str | None = None) -> NewEvent:
-    return NewEvent(f"thread.run.step.{name or step['status']}", _copy(step), run_id=step["run_id"])
+def step_event(step: dict[str, Any], name: str | None = None, prefix: str = "thread.run.step.") -> NewEvent:
+    return NewEvent(f"{prefix}{name or step['status']}", _copy(step), run_id=step["run_id"])
 
 
 def message_event(message: dict[str, Any], name: str | None = None) -> NewEvent:
@@ -108,11 +108,12 @@ def annotations_delta(message: dict[str, Any], index: int, annotations: list[dic
     return NewEvent("thread.message.delta", data, run_id=message["run_id"])
 
 
-def tool_call_delta(step: dict[str, Any], calls: list[dict[str, Any]]) -> NewEvent:
+def tool_call_delta(step: dict[str, Any], calls: list[dict[str, Any]], copy: bool = True) -> NewEvent:
+    """`copy=False` when the caller hands over dicts it never touches again."""
     data = {
         "id": step["id"],
         "object": "thread.run.step.delta",
-        "delta": {"step_details": {"type": "tool_calls", "tool_calls": _copy_list(calls)}},
+        "delta": {"step_details": {"type": "tool_calls", "tool_calls": _copy_list(calls) if copy else calls}},
     }
     return NewEvent("thread.run.step.delta", data, run_id=step["run_id"])
 

@@ -131,7 +131,10 @@ def truncate(parts: PromptParts, strategy: dict[str, Any] | None, budget: int | 
     if total > budget and auto and history:
         total -= sizes.pop(0)
         history.pop(0)
-    return PromptParts(parts.system, history, parts.turn), total <= budget and (bool(history) or bool(parts.turn))
+    # A thread with no messages is answered from the instructions alone, as OpenAI does;
+    # only a history none of which fits is a prompt too large to send.
+    kept_something = bool(history) or bool(parts.turn) or not parts.history
+    return PromptParts(parts.system, history, parts.turn), total <= budget and kept_something
 
 
 def chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
