@@ -45,7 +45,11 @@ __all__ = [
 
 TOKEN_RE = re.compile(r"\S+\s*")
 CITATION_RE = re.compile(r"【\d+:\d+†[^】]+】")
-DIRECTIVE_RE = re.compile(r"^(say|call|search|code|long|slow|fail|usage):\s*(.*)$")
+DIRECTIVE_RE = re.compile(r"^(say|call|search|code|long|slow|fail|usage|chunking|broken|malformed|pause):\s*(.*)$")
+CHUNKINGS = ("openai", "whole", "split", "interleaved", "index-first", "index-zero")
+"""How tool calls are cut into chunks, as real providers do it (see `stream_deltas`)."""
+BROKEN = ("random", "json", "done-only", "html")
+MALFORMED = ("bad-escape", "content-object", "choices-string", "delta-list")
 ARGUMENT_FRAGMENT_CHARS = 4
 SYSTEM_FINGERPRINT = "fp_threadlog_fake"
 DEFAULT_MODELS = ("fake-model", "gpt-4o", "gpt-4o-mini")
@@ -173,7 +177,13 @@ class Directives:
     slow_ms: int = 0
     fail: tuple[int, int] | None = None
     stall: bool = False
+    heartbeat: bool = False
     usage: tuple[int, int] | None = None
+    chunking: str = "openai"
+    split: int = ARGUMENT_FRAGMENT_CHARS
+    broken: str | None = None
+    malformed: str | None = None
+    pause_ms: int = 0
 
 
 def _parse_call(rest: str) -> ToolCallPlan:
@@ -212,6 +222,9 @@ def parse_directives(text: str) -> Directives:
         if stripped == "stall":
             directives.stall = True
             continue
+        if stripped == "heartbeat":
+            directives.heartbeat = True
+            continue
         match = DIRECTIVE_RE.match(stripped)
         if match is None:
             continue
@@ -240,6 +253,17 @@ def _apply_directive(directives: Directives, keyword: str, rest: str) -> None:
         directives.fail = _two_ints(rest)
     elif keyword == "usage":
         directives.usage = _two_ints(rest)
+    elif keyword == "chunking":
+        name, _, size = rest.strip().partition(":")
+        if name in CHUNKINGS:
+            directives.chunking = name
+            directives.split = max(1, _int_or_none(size) or ARGUMENT_FRAGMENT_CHARS)
+    elif keyword == "broken" and rest.strip() in BROKEN:
+        directives.broken = rest.strip()
+    elif keyword == "malformed" and rest.strip() in MALFORMED:
+        directives.malformed = rest.strip()
+    elif keyword == "pause":
+        directives.pause_ms = max(0, _int_or_none(rest) or 0)
 
 
 def trailing_tool_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -275,8 +299,14 @@ class ReplyPlan:
     calls: list[ToolCallPlan] = field(default_factory=list)
     slow_ms: int = 0
     stall: bool = False
+    heartbeat: bool = False
     usage_override: tuple[int, int] | None = None
     error: tuple[int, str] | None = None
+    chunking: str = "openai"
+    split: int = ARGUMENT_FRAGMENT_CHARS
+    broken: str | None = None
+    malformed: str | None = None
+    pause_ms: int = 0
 
 
 def _tool_results_reply(tool_messages: list[dict[str, Any]]) -> str:
@@ -357,7 +387,13 @@ def plan_reply(body: dict[str, Any], state: FakeUpstreamState) -> ReplyPlan:
         calls=calls,
         slow_ms=directives.slow_ms,
         stall=directives.stall,
+        heartbeat=directives.heartbeat,
         usage_override=directives.usage,
+        chunking=directives.chunking,
+        split=directives.split,
+        broken=directives.broken,
+        malformed=directives.malformed,
+        pause_ms=directives.pause_ms,
     )
 
 
@@ -484,24 +520,58 @@ class ChunkFactory:
         return chunk
 
 
-def stream_deltas(emission: Emission) -> list[dict[str, Any]]:
-    """The sequence of ``delta`` objects for an emission (finish chunk excluded)."""
+def stream_deltas(
+    emission: Emission, chunking: str = "openai", split: int = ARGUMENT_FRAGMENT_CHARS
+) -> list[dict[str, Any]]:
+    """The sequence of ``delta`` objects for an emission (finish chunk excluded).
+
+    ``chunking`` cuts tool calls the way one real provider or another does:
+    ``openai`` a head (id, name, empty arguments) then 4-character argument fragments,
+    each with ``index``; ``whole`` each call complete in one chunk (Ollama, several vLLM
+    tool parsers); ``split`` the head carrying the first ``split`` characters, then
+    ``split``-character fragments (cutting escapes and multi-byte characters anywhere);
+    ``interleaved`` every head first, then the calls' fragments taking turns;
+    ``index-first`` ``index`` (and ``id``) on a call's first chunk only (llama.cpp-style);
+    ``index-zero`` each call whole, all with index 0, told apart by their ids.
+    """
     deltas: list[dict[str, Any]] = []
     if emission.content_tokens or not emission.calls:
         deltas.append({"role": "assistant", "content": "", "refusal": None})
         deltas.extend({"content": token} for token in emission.content_tokens)
-    for index, (call_id, name, frags) in enumerate(emission.calls):
-        head: dict[str, Any] = {
-            "index": index,
-            "id": call_id,
-            "type": "function",
-            "function": {"name": name, "arguments": ""},
-        }
-        first: dict[str, Any] = {"tool_calls": [head]}
-        if not deltas:
+    calls = [(index, call_id, name, "".join(frags)) for index, (call_id, name, frags) in enumerate(emission.calls)]
+    tool_deltas: list[dict[str, Any]] = []
+
+    def head(index: int, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+        return {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+    if chunking in ("whole", "index-zero"):
+        for index, call_id, name, arguments in calls:
+            tool_deltas.append(head(0 if chunking == "index-zero" else index, call_id, name, arguments))
+    elif chunking == "split":
+        for index, call_id, name, arguments in calls:
+            pieces = [arguments[i : i + split] for i in range(0, len(arguments), split)] or [""]
+            tool_deltas.append(head(index, call_id, name, pieces[0]))
+            tool_deltas.extend({"index": index, "function": {"arguments": p}} for p in pieces[1:])
+    elif chunking == "interleaved":
+        tool_deltas.extend(head(index, call_id, name, "") for index, call_id, name, _ in calls)
+        cut = {index: fragments(arguments) for index, _, _, arguments in calls}
+        for turn in range(max((len(f) for f in cut.values()), default=0)):
+            for index, frags in cut.items():
+                if turn < len(frags):
+                    tool_deltas.append({"index": index, "function": {"arguments": frags[turn]}})
+    else:
+        for index, call_id, name, arguments in calls:
+            tool_deltas.append(head(index, call_id, name, ""))
+            for frag in fragments(arguments):
+                piece: dict[str, Any] = {"function": {"arguments": frag}}
+                if chunking != "index-first":
+                    piece["index"] = index
+                tool_deltas.append(piece)
+    for position, call in enumerate(tool_deltas):
+        first: dict[str, Any] = {"tool_calls": [call]}
+        if not deltas and position == 0:
             first = {"role": "assistant", "content": None, "refusal": None, **first}
         deltas.append(first)
-        deltas.extend({"tool_calls": [{"index": index, "function": {"arguments": frag}}]} for frag in frags)
     return deltas
 
 
@@ -620,8 +690,11 @@ def sse_writer(body: dict[str, Any], plan: ReplyPlan, emission: Emission, latenc
     factory = ChunkFactory(model, include_usage)
 
     async def write(send: Send) -> None:
+        content_type = {"json": b"application/json", "html": b"text/html"}.get(
+            plan.broken or "", b"text/event-stream; charset=utf-8"
+        )
         headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"content-type", content_type),
             (b"cache-control", b"no-cache"),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -632,11 +705,33 @@ def sse_writer(body: dict[str, Any], plan: ReplyPlan, emission: Emission, latenc
             await _sleep_ms(plan.slow_ms)
             await send({"type": "http.response.body", "body": sse(chunk), "more_body": True})
 
+        if plan.broken is not None:
+            await send({"type": "http.response.body", "body": _broken_body(plan.broken, emission), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         if plan.stall:
             first = emission.content_tokens[0] if emission.content_tokens else "..."
             await emit(factory.delta({"role": "assistant", "content": first}))
             await asyncio.Event().wait()  # never completes; the disconnect watcher ends us
-        for delta in stream_deltas(emission):
+        if plan.heartbeat:
+            await emit(factory.delta({"role": "assistant", "content": ""}))
+            while True:  # an empty chunk every second, for ever: alive, but never answering
+                await asyncio.sleep(1.0)
+                await emit(factory._base([]))
+        if plan.malformed is not None:
+            await emit(factory.delta({"role": "assistant", "content": ""}))
+            await send(
+                {"type": "http.response.body", "body": _malformed_chunk(plan.malformed, factory), "more_body": True}
+            )
+            if plan.malformed == "bad-escape":  # a tool-call turn: nothing follows the call
+                await emit(factory.delta({}, "tool_calls"))
+                await emit("[DONE]")
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+        deltas = stream_deltas(emission, plan.chunking, plan.split)
+        for position, delta in enumerate(deltas):
+            if plan.pause_ms and position == 1:
+                await _sleep_ms(plan.pause_ms)  # a silent gap after the first chunk
             await emit(factory.delta(delta))
         await emit(factory.delta({}, emission.finish_reason))
         if include_usage:
@@ -645,6 +740,38 @@ def sse_writer(body: dict[str, Any], plan: ReplyPlan, emission: Emission, latenc
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     return write
+
+
+def _broken_body(kind: str, emission: Emission) -> bytes:
+    """A 200 answer that is no completion stream at all."""
+    if kind == "random":
+        return bytes(range(256)) * 4
+    if kind == "json":  # a non-streaming completion, as if `stream` had been ignored
+        return json.dumps(completion_body("fake-model", emission, {})).encode()
+    if kind == "html":
+        return b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+    return b"data: [DONE]\n\n"
+
+
+def _malformed_chunk(kind: str, factory: ChunkFactory) -> bytes:
+    """A chunk that is JSON but not a valid chat.completion.chunk."""
+    if kind == "bad-escape":  # tool arguments with an invalid \u escape, then more
+        call = {
+            "index": 0,
+            "id": "call_bad",
+            "type": "function",
+            "function": {"name": "code_interpreter", "arguments": ""},
+        }
+        head = sse(factory.delta({"tool_calls": [call]}))
+        rest = sse(factory.delta({"tool_calls": [{"index": 0, "function": {"arguments": '{"code": "\\uZZ12 x"}'}}]}))
+        return head + rest
+    if kind == "content-object":
+        return sse(factory.delta({"content": {"text": "an object"}}))
+    if kind == "delta-list":
+        return sse(factory._base([{"index": 0, "delta": ["x"], "finish_reason": None}]))
+    chunk = factory.delta({})
+    chunk["choices"] = "not a list"
+    return sse(chunk)
 
 
 def hang_writer() -> SendBody:
