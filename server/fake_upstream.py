@@ -367,11 +367,15 @@ def plan_reply(body: dict[str, Any], state: FakeUpstreamState) -> ReplyPlan:
     """Decide deterministically what the fake model answers to ``body``."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     tool_messages = trailing_tool_messages(messages)
-    if tool_messages:
-        return ReplyPlan(content_tokens=tokenize(_tool_results_reply(tool_messages)))
-
     user_text = last_user_text(messages)
     directives = parse_directives(user_text)
+    if tool_messages:  # pacing asked for in the user's message holds for the answer too
+        return ReplyPlan(
+            content_tokens=tokenize(_tool_results_reply(tool_messages)),
+            slow_ms=directives.slow_ms,
+            pause_ms=directives.pause_ms,
+        )
+
     if directives.fail is not None:
         status, times = directives.fail
         if 400 <= status <= 599 and state.should_fail(user_text, times):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from events.records import StoredEvent
 from events.store import EventStore
@@ -22,6 +22,21 @@ _RUN_END = {
 }
 _PAUSE = "thread.run.requires_action"
 _PING_S = 15.0  # a comment line keeps idle connections (and proxies) from timing out
+
+
+class _KeepAlive(ServerSentEvent):
+    """A comment line with no blank line after it: bytes on the wire, never an event.
+
+    sse-starlette's ping is a comment plus a blank line. Per the SSE spec a blank line
+    dispatches an event whenever a last event id is set, and every event of ours carries
+    an id: the openai Python SDK then hands `data: ""` to `json.loads` and the stream
+    crashes. A comment line alone is skipped by every decoder (browsers, Python, Node),
+    and the next event's lines simply follow it.
+    """
+
+    def encode(self) -> bytes:
+        return b": keep-alive\r\n"
+
 
 OPENAI_STREAM_EVENTS = frozenset(
     {"thread.created", "error"}
@@ -80,7 +95,7 @@ def run_stream_response(
 ) -> EventSourceResponse:
     # The run lives on without the client: closing the connection only stops this reader.
     items = run_stream(store, run_id, after=after, stop_at_requires_action=stop_at_requires_action, prefix=prefix)
-    return EventSourceResponse(batched(items), ping=_PING_S)
+    return EventSourceResponse(batched(items), ping=_PING_S, ping_message_factory=_KeepAlive)
 
 
 async def batched(items: AsyncIterator[dict[str, str]]) -> AsyncIterator[bytes]:
