@@ -11,6 +11,7 @@ the same transaction, so a view is never behind an acknowledged event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -289,6 +290,15 @@ class EventStore:
                         req.future.set_exception(exc)
 
     async def _commit_batch(self, batch: list[_Append]) -> None:
+        await self._commit_group(batch, isolate=True)
+
+    async def _commit_group(self, batch: list[_Append], *, isolate: bool) -> None:
+        """Commit the appends of `batch` in one transaction.
+
+        If the transaction fails (an event SQLite cannot store, a view that cannot be
+        written), each append is committed again in a transaction of its own, so that one
+        client's bad append fails alone and the others in its batch still commit.
+        """
         conn = self._writer_conn
         assert conn is not None
         now = round(time.time(), 3)
@@ -340,6 +350,11 @@ class EventStore:
         except BaseException as exc:
             if projector is not None:
                 projector.rollback()
+            if isolate and len(accepted) > 1 and isinstance(exc, Exception):
+                for req, _ in accepted:
+                    with contextlib.suppress(Exception):  # a failing append has its exception set
+                        await self._commit_group([req], isolate=False)
+                return
             for req, _ in accepted:
                 if not req.future.done():
                     req.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))

@@ -22,6 +22,7 @@ from server.auth import BearerKeyMiddleware
 from server.builtins import Builtins
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
+from server.limits import BodyLimit, CatchAll
 from server.providers import ProviderRegistry
 from server.routes import assistants, files, messages, playground, runs, threads, vector_stores
 from server.runs.manager import RunManager
@@ -85,7 +86,15 @@ def create_app(settings: Settings) -> Starlette:
     handlers: dict[Any, Any] = {**exception_handlers, UnknownCursor: _unknown_cursor}
     return Starlette(
         routes=_routes(),
-        middleware=[Middleware(BearerKeyMiddleware, keys=settings.api_keys)],
+        middleware=[
+            Middleware(CatchAll),
+            Middleware(
+                BodyLimit,
+                max_json_bytes=settings.max_request_bytes,
+                max_upload_bytes=settings.max_file_bytes + 1024 * 1024,  # the form's other fields
+            ),
+            Middleware(BearerKeyMiddleware, keys=settings.api_keys),
+        ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )

@@ -28,6 +28,7 @@ class Settings:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     run_expiry_s: int = 600
     max_file_bytes: int = 512 * 1024 * 1024
+    max_request_bytes: int = 32 * 1024 * 1024
     code_wall_time_s: float = 60.0
     code_memory_mb: int = 1024
     allow_unsandboxed_code: bool = False
@@ -63,6 +64,7 @@ class Settings:
             "env": env,
             "run_expiry_s": int(env.get("THREADLOG_RUN_EXPIRY_SECONDS", "600")),
             "max_file_bytes": int(env.get("THREADLOG_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
+            "max_request_bytes": int(env.get("THREADLOG_MAX_REQUEST_BYTES", str(32 * 1024 * 1024))),
             "code_wall_time_s": float(env.get("THREADLOG_CODE_TIMEOUT_SECONDS", "60")),
             "code_memory_mb": int(env.get("THREADLOG_CODE_MEMORY_MB", "1024")),
             "allow_unsandboxed_code": env.get("THREADLOG_ALLOW_UNSANDBOXED_CODE", "") in ("1", "true", "yes"),

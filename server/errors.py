@@ -103,13 +103,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(APIError(exc.status_code, message))
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(APIError(500, "The server had an error while processing your request.", type_="server_error"))
-
-
 exception_handlers: dict[Any, Any] = {
     APIError: _api_error,
     HTTPException: _http_error,
-    Exception: _unexpected,
 }
+"""Anything else is answered by server.limits.CatchAll (which keeps the connection open)."""

@@ -49,7 +49,7 @@ DIRECTIVE_RE = re.compile(r"^(say|call|search|code|long|slow|fail|usage|chunking
 CHUNKINGS = ("openai", "whole", "split", "interleaved", "index-first", "index-zero")
 """How tool calls are cut into chunks, as real providers do it (see `stream_deltas`)."""
 BROKEN = ("random", "json", "done-only", "html")
-MALFORMED = ("bad-escape", "content-object", "choices-string", "delta-list")
+MALFORMED = ("bad-escape", "content-object", "choices-string", "delta-list", "surrogate")
 ARGUMENT_FRAGMENT_CHARS = 4
 SYSTEM_FINGERPRINT = "fp_threadlog_fake"
 DEFAULT_MODELS = ("fake-model", "gpt-4o", "gpt-4o-mini")
@@ -769,6 +769,9 @@ def _malformed_chunk(kind: str, factory: ChunkFactory) -> bytes:
         head = sse(factory.delta({"tool_calls": [call]}))
         rest = sse(factory.delta({"tool_calls": [{"index": 0, "function": {"arguments": '{"code": "\\uZZ12 x"}'}}]}))
         return head + rest
+    if kind == "surrogate":  # a lone UTF-16 surrogate: a valid JSON escape, not Unicode
+        escaped = json.dumps(factory.delta({"content": "cut \ud83d here "}))  # ensure_ascii: an escape
+        return b"data: " + escaped.encode() + b"\n\n"
     if kind == "content-object":
         return sse(factory.delta({"content": {"text": "an object"}}))
     if kind == "delta-list":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import re
 import tomllib
 import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -593,6 +594,8 @@ async def stream_chat_completion(provider: Provider, request: dict[str, Any]) ->
                     raise UpstreamError(
                         "server_error", f"{_label(provider)}: sent a chunk that is not a JSON object: {event[:200]!r}"
                     )
+                if b"\\ud" in event or b"\\uD" in event:
+                    data = _replace_lone_surrogates(data)
                 if data.get("error"):
                     error = data["error"]
                     detail = error.get("message") if isinstance(error, dict) else None
@@ -617,6 +620,23 @@ async def stream_chat_completion(provider: Provider, request: dict[str, Any]) ->
                 f"{_label(provider)}: answered without a single completion chunk "
                 f"(content-type {content_type}); it sent: {bytes(reader.sample)!r}",
             )
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """Lone UTF-16 surrogates (valid JSON escapes, not Unicode) become U+FFFD, as a UTF-8 decoder would.
+
+    JSON decoding pairs up valid surrogate pairs, so what is left cannot be stored as UTF-8.
+    """
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    return value
 
 
 class _SSEBody:

@@ -72,11 +72,10 @@ async def resolve_tool_resources(
                     )
             new_store: str = stores.new_id()
             ids = [new_store]
+            chunking = spec.chunking_strategy.checked() if spec.chunking_strategy else None
 
             async def setup() -> None:
-                await stores.create(
-                    new_store, file_ids=spec.file_ids, chunking=spec.chunking_strategy, metadata=spec.metadata
-                )
+                await stores.create(new_store, file_ids=spec.file_ids, chunking=chunking, metadata=spec.metadata)
 
         out["file_search"] = {"vector_store_ids": ids}
     return out, setup

@@ -392,3 +392,20 @@ async def test_invalid_synchronous_mode_is_refused(db_path: Path) -> None:
         assert row is not None and row[0] == "wal"
     finally:
         await full.close()
+
+
+async def test_a_failing_append_fails_alone_and_its_batch_commits(store: EventStore) -> None:
+    """One append SQLite cannot store (a lone surrogate) in a group commit: the others still commit."""
+    head = store.head
+    good = [store.append(f"s{i}", [tick(i)]) for i in range(20)]
+    bad = store.append("bad", [NewEvent("test.tick", {"text": "cut \ud800 here"})])
+    results = await asyncio.gather(*good[:10], bad, *good[10:], return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1 and isinstance(failures[0], UnicodeEncodeError)
+    assert isinstance(results[10], UnicodeEncodeError)
+    committed = [r for r in results if not isinstance(r, BaseException)]
+    assert sorted(e[0].data["n"] for e in committed) == list(range(20))
+    assert store.head == head + 20
+    events = await store.read(after=head)
+    assert [e.stream_id for e in events] == [f"s{i}" for i in range(20)]
+    assert await store.stream_version("bad") == 0

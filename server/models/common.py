@@ -6,7 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from server.errors import bad_request
+
 __all__ = [
+    "ChunkingStrategy",
     "Metadata",
     "Request",
     "ResponseFormat",
@@ -76,11 +79,32 @@ class CodeInterpreterResources(Request):
     file_ids: list[str] = Field(default_factory=list, max_length=20)
 
 
+class StaticChunking(Request):
+    max_chunk_size_tokens: int = Field(800, ge=100, le=4096)
+    chunk_overlap_tokens: int = Field(400, ge=0)
+
+
+class ChunkingStrategy(Request):
+    type: Literal["auto", "static"]
+    static: StaticChunking | None = None
+
+    def checked(self) -> dict[str, Any]:
+        if self.type == "static":
+            if self.static is None:
+                raise bad_request("static chunking needs 'static'.", "chunking_strategy.static")
+            if self.static.chunk_overlap_tokens > self.static.max_chunk_size_tokens // 2:
+                raise bad_request(
+                    "chunk_overlap_tokens must be at most half of max_chunk_size_tokens.",
+                    "chunking_strategy.static.chunk_overlap_tokens",
+                )
+        return self.model_dump(exclude_none=True)
+
+
 class VectorStoreSpec(Request):
     """`tool_resources.file_search.vector_stores`: create a store with these files on the fly."""
 
     file_ids: list[str] = Field(default_factory=list, max_length=10000)
-    chunking_strategy: dict[str, Any] | None = None
+    chunking_strategy: ChunkingStrategy | None = None
     metadata: Metadata = None
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from server.models.common import Metadata, Request, ResponseFormat, Tool, ToolResources
-from server.models.threads import CreateMessage, CreateThread
+from server.models.threads import MAX_TEXT_CHARS, CreateMessage, CreateThread
 
 
 class TruncationStrategy(Request):
@@ -32,7 +32,7 @@ class RunOptions(Request):
 
     assistant_id: str
     model: str | None = None
-    instructions: str | None = None
+    instructions: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     tools: list[Tool] | None = Field(None, max_length=20)
     metadata: Metadata = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -48,7 +48,7 @@ class RunOptions(Request):
 
 
 class CreateRun(RunOptions):
-    additional_instructions: str | None = None
+    additional_instructions: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     additional_messages: list[CreateMessage] | None = None
 
 

@@ -8,6 +8,11 @@ from pydantic import Field
 
 from server.models.common import Metadata, Request, ToolResources
 
+MAX_TEXT_CHARS = 256_000  # OpenAI's limit on a message's text and on instructions
+MAX_ATTACHMENTS = 32
+MAX_CONTENT_PARTS = 32
+MAX_URL_CHARS = 8192
+
 
 class ImageFile(Request):
     file_id: str
@@ -15,13 +20,13 @@ class ImageFile(Request):
 
 
 class ImageUrl(Request):
-    url: str
+    url: str = Field(max_length=MAX_URL_CHARS)
     detail: Literal["auto", "low", "high"] | None = None
 
 
 class TextPart(Request):
     type: Literal["text"]
-    text: str
+    text: str = Field(max_length=MAX_TEXT_CHARS)
 
 
 class ImageFilePart(Request):
@@ -48,13 +53,16 @@ class Attachment(Request):
 
 class CreateMessage(Request):
     role: Literal["user", "assistant"]
-    content: str | list[ContentPart]
-    attachments: list[Attachment] | None = None
+    content: (
+        Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+        | Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)]
+    )
+    attachments: list[Attachment] | None = Field(None, max_length=MAX_ATTACHMENTS)
     metadata: Metadata = None
 
 
 class CreateThread(Request):
-    messages: list[CreateMessage] | None = None
+    messages: list[CreateMessage] | None = None  # bounded by the request body's size
     tool_resources: ToolResources | None = None
     metadata: Metadata = None
 

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from events.records import NewEvent, StoredEvent
 from server.errors import APIError, bad_request, not_found
-from server.http import list_params, parse_body
+from server.http import list_params, parse_body, sequence_param
 from server.ids import new_id
 from server.models.common import dump, tool_json
 from server.models.runs import CreateRun, CreateThreadAndRun, ModifyRun, RunOptions, SubmitToolOutputs
@@ -308,11 +308,11 @@ async def stream_run_events(request: Request) -> Response:
     svc = services(request)
     p = request.path_params
     await _run_or_404(svc, p["thread_id"], p["run_id"])
-    raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    try:
-        after = int(raw)
-    except ValueError as exc:
-        raise bad_request(f"Last-Event-ID must be an event sequence number, got '{raw}'.", "Last-Event-ID") from exc
+    header = request.headers.get("last-event-id")
+    if header is not None:
+        after = sequence_param(header.strip(), "Last-Event-ID")
+    else:
+        after = sequence_param(request.query_params.get("after"), "after")
     stop = request.query_params.get("until") == "requires_action"
     return run_stream_response(svc.store, p["run_id"], after=after, stop_at_requires_action=stop)
 

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from events.records import NewEvent
-from server.errors import bad_request, not_found
-from server.http import parse_body
+from events.records import NewEvent, StoredEvent
+from server.errors import bad_request
+from server.http import parse_body, sequence_param
 from server.ids import new_id
 from server.models.threads import CreateThread, ModifyThread
 from server.services import Services, services
@@ -102,16 +102,15 @@ async def list_thread_events(request: Request) -> JSONResponse:
     svc = services(request)
     thread_id = request.path_params["thread_id"]
     query = request.query_params
+    after = sequence_param(query.get("after"), "after")
     try:
-        after = int(query.get("after") or 0)
         limit = int(query.get("limit") or 100)
     except ValueError as exc:
-        raise bad_request("'after' and 'limit' must be integers.", "after") from exc
+        raise bad_request("Invalid 'limit': expected an integer.", "limit") from exc
     if not 1 <= limit <= 1000:
         raise bad_request("Invalid 'limit': must be between 1 and 1000.", "limit")
     run_id = query.get("run_id") or None
-    if await svc.store.stream_version(thread_id) == 0:
-        raise not_found("thread", thread_id)
+    await require_thread(svc, thread_id)  # a deleted thread, or any other kind of id, is not found
     if run_id is not None:
         events = await svc.store.read(after=after, run_id=run_id, limit=limit + 1)
         events = [e for e in events if e.stream_id == thread_id]
@@ -121,12 +120,31 @@ async def list_thread_events(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "object": "list",
-            "data": [e.as_public() for e in page],
+            "data": await _redacted(svc, page),
             "first_id": page[0].sequence if page else None,
             "last_id": page[-1].sequence if page else None,
             "has_more": len(events) > limit,
         }
     )
+
+
+async def _redacted(svc: Services, events: list[StoredEvent]) -> list[dict[str, Any]]:
+    """The events as served, without the text of messages deleted since (the log keeps it for replay)."""
+    ids = {e.data.get("id") for e in events if e.type.startswith("thread.message.")}
+    deleted = {i for i in ids if isinstance(i, str) and not await svc.views.exists("message", i)}
+    out = []
+    for event in events:
+        public = event.as_public()
+        if event.type.startswith("thread.message.") and event.data.get("id") in deleted:
+            data = dict(public["data"])
+            if "content" in data:
+                data["content"] = []
+            if isinstance(data.get("delta"), dict):
+                data["delta"] = {**data["delta"], "content": []}
+            public["data"] = data
+            public["redacted"] = True
+        out.append(public)
+    return out
 
 
 routes = [

@@ -15,33 +15,12 @@ from events.records import NewEvent
 from server.errors import bad_request, not_found
 from server.http import list_params, parse_body
 from server.ids import new_id
-from server.models.common import Metadata
+from server.models.common import ChunkingStrategy, Metadata
 from server.models.common import Request as Body
 from server.services import Services, services
 from server.vector_stores import VectorStores, vector_store_object
 
 __all__ = ["routes"]
-
-
-class StaticChunking(Body):
-    max_chunk_size_tokens: int = Field(800, ge=100, le=4096)
-    chunk_overlap_tokens: int = Field(400, ge=0)
-
-
-class ChunkingStrategy(Body):
-    type: Literal["auto", "static"]
-    static: StaticChunking | None = None
-
-    def checked(self) -> dict[str, Any]:
-        if self.type == "static":
-            if self.static is None:
-                raise bad_request("static chunking needs 'static'.", "chunking_strategy.static")
-            if self.static.chunk_overlap_tokens > self.static.max_chunk_size_tokens // 2:
-                raise bad_request(
-                    "chunk_overlap_tokens must be at most half of max_chunk_size_tokens.",
-                    "chunking_strategy.static.chunk_overlap_tokens",
-                )
-        return self.model_dump(exclude_none=True)
 
 
 class ExpiresAfter(Body):
