@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -75,12 +76,15 @@ def validation_error(exc: ValidationError) -> APIError:
     return APIError(400, message, param=param or None, code="invalid_value" if kind != "missing" else None)
 
 
+_UNION_LABEL = re.compile(r"^(function-|constrained-|list\[|dict\[|str$|int$|float$|bool$)")
+
+
 def _param_from_loc(loc: tuple[Any, ...] | list[Any]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and (part.startswith("function-") or part in ("str", "list[", "dict[")):
+        elif isinstance(part, str) and _UNION_LABEL.match(part):
             continue  # pydantic's union-branch labels are not request fields
         else:
             out += ("." if out else "") + str(part)

@@ -44,6 +44,7 @@ async def json_body(request: Request) -> dict[str, Any]:
     if _SURROGATE_ESCAPE.search(text):
         path = _lone_surrogate(body, "")
         if path is not None:
+            path = path.encode("utf-8", "backslashreplace").decode()  # the name itself may hold one
             raise bad_request(
                 f"Invalid value for '{path or 'body'}': the string contains a lone UTF-16 surrogate, "
                 "which is not valid Unicode.",

@@ -124,6 +124,8 @@ class _Compiler:
         if not isinstance(node, Mapping):
             raise FilterError("each filter must be an object")
         kind = node.get("type")
+        if not isinstance(kind, str):
+            raise FilterError("each filter needs a string 'type'")
         if kind in ("and", "or"):
             children = node.get("filters")
             if not isinstance(children, list):
