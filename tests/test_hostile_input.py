@@ -81,19 +81,24 @@ def test_a_model_that_sends_a_lone_surrogate_still_completes(sdk: OpenAI, assist
     assert text.startswith("cut \ufffd here ")
 
 
-@pytest.mark.parametrize(
-    ("name", "body", "param"),
-    [
-        ("huge-integer", b'{"role": "user", "content": "x", "metadata": {"a": ' + b"9" * 5000 + b"}}", None),
-        ("deep-nesting", b'{"role": "user", "content": "x", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
-        ("deep-but-parseable", b'{"role": "user", "content": "x", "metadata": ' + b"[" * 200 + b"]" * 200 + b"}", None),
-        ("text-too-long", json.dumps({"role": "user", "content": "x" * 256_001}).encode(), "content"),
-        ("part-too-long", json.dumps({"role": "user", "content": [{"type": "text", "text": "x" * 256_001}]}).encode(), None),
-        ("too-many-metadata", json.dumps({"role": "user", "content": "x", "metadata": {str(i): "v" for i in range(17)}}).encode(), "metadata"),
-        ("attachments", json.dumps({"role": "user", "content": "x", "attachments": [{"file_id": "f"}] * 33}).encode(), "attachments"),
-        ("not-utf8", b'{"role": "user", "content": "\xff\xfe"}', None),
-    ],
-)  # fmt: skip
+def _message(**fields: Any) -> bytes:
+    return json.dumps({"role": "user", "content": "x", **fields}).encode()
+
+
+DEEP = b'{"role": "user", "content": "x", "metadata": '
+BAD_MESSAGES = [
+    ("huge-integer", DEEP + b"9" * 5000 + b"}", None),
+    ("deep-nesting", DEEP + b"[" * 5000 + b"]" * 5000 + b"}", None),
+    ("deep-but-parseable", DEEP + b"[" * 200 + b"]" * 200 + b"}", None),
+    ("text-too-long", _message(content="x" * 256_001), "content"),
+    ("part-too-long", _message(content=[{"type": "text", "text": "x" * 256_001}]), None),
+    ("too-many-metadata", _message(metadata={str(i): "v" for i in range(17)}), "metadata"),
+    ("attachments", _message(attachments=[{"file_id": "f"}] * 33), "attachments"),
+    ("not-utf8", b'{"role": "user", "content": "\xff\xfe"}', None),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "param"), BAD_MESSAGES)
 def test_bad_message_bodies_are_400s_that_change_nothing(
     run_server: ServerProcess, http: httpx.Client, sdk: OpenAI, name: str, body: bytes, param: str | None
 ) -> None:
