@@ -16,6 +16,7 @@ from openai import OpenAI
 
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import (
+    TERMINAL,
     MODEL,
     SSEStream,
     assistant_text,
@@ -179,6 +180,27 @@ def test_metadata_update(sdk: OpenAI, assistant: Any) -> None:
     assert again.metadata == {"c": "3"}
     assert sdk.beta.threads.runs.retrieve(run.id, thread_id=thread_id).metadata == {"c": "3"}
     assert sdk.beta.threads.runs.retrieve(run.id, thread_id=thread_id).status == "completed"
+
+
+def test_metadata_updates_racing_a_stream_are_never_overwritten(sdk: OpenAI, assistant: Any) -> None:
+    """Updates sent while runs stream and finish: each response, and the run after, has the update.
+
+    The race is at the end of a run: its last snapshot was built with the old metadata and
+    was on its way to the log when the update was committed. Many short runs hit it.
+    """
+    for k in range(20):
+        thread_id = thread_with(sdk, "long: 20\nslow: 1")
+        run = sdk.beta.threads.runs.create(thread_id=thread_id, assistant_id=assistant.id, metadata={"n": "start"})
+        sent = 0
+        while True:
+            metadata = {"n": f"{k}-{sent}"}
+            updated = sdk.beta.threads.runs.update(run.id, thread_id=thread_id, metadata=metadata)
+            assert updated.metadata == metadata, (k, sent, updated.status)
+            sent += 1
+            if updated.status in TERMINAL:
+                break
+        final = sdk.beta.threads.runs.retrieve(run.id, thread_id=thread_id)
+        assert final.metadata == metadata
 
 
 # ------------------------------------------------------------------ one active run

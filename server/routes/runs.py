@@ -190,10 +190,7 @@ async def modify_run(request: Request) -> JSONResponse:
     await _run_or_404(svc, p["thread_id"], p["run_id"])
     body = await parse_body(request, ModifyRun)
     if "metadata" in body.model_fields_set:
-        metadata = body.metadata or {}
-        _manager(svc).update_metadata(p["run_id"], metadata)
-        event = NewEvent("thread.run.updated", {"id": p["run_id"], "metadata": metadata}, run_id=p["run_id"])
-        await svc.store.append(p["thread_id"], [event])
+        await _manager(svc).update_metadata(p["thread_id"], p["run_id"], body.metadata or {})
     return JSONResponse(await _run_or_404(svc, p["thread_id"], p["run_id"]))
 
 

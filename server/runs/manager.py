@@ -100,6 +100,7 @@ class RunManager:
         self.providers = providers
         self.builtins = builtins
         self._engines: dict[str, RunEngine] = {}
+        self._logs: dict[str, _RunLog] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._finishing: set[str] = set()  # runs whose engine yielded its last event
@@ -125,6 +126,7 @@ class RunManager:
     async def _drive(self, engine: RunEngine) -> None:
         run = engine.run
         log = _RunLog(self.store, run["thread_id"])
+        self._logs[run["id"]] = log
         engine.barrier = log.drain
         try:
             async for event in engine.events():
@@ -164,6 +166,7 @@ class RunManager:
             await self._append(run, engine.fail("server_error", message))
         finally:
             self._engines.pop(run["id"], None)
+            self._logs.pop(run["id"], None)
             self._tasks.pop(run["id"], None)
             self._finishing.discard(run["id"])
 
@@ -214,10 +217,24 @@ class RunManager:
             return cancelling
         raise CannotCancel("busy")
 
-    def update_metadata(self, run_id: str, metadata: dict[str, str]) -> None:
-        engine = self._engines.get(run_id)
-        if engine is not None:
+    async def update_metadata(self, thread_id: str, run_id: str, metadata: dict[str, str]) -> None:
+        """Record a metadata update so that no later snapshot of the run carries the old metadata.
+
+        While the run executes, its snapshots are on their way to the log: the update goes
+        into the run's own queue of events, behind what the engine already yielded, and the
+        engine's copy of the run changes at the same moment, so every snapshot after it has
+        the new metadata. A run that has handed over its last event is waited for first.
+        """
+        event = NewEvent("thread.run.updated", {"id": run_id, "metadata": metadata}, run_id=run_id)
+        engine, log, task = self._engines.get(run_id), self._logs.get(run_id), self._tasks.get(run_id)
+        if engine is not None and log is not None and run_id not in self._finishing:
             engine.run["metadata"] = metadata
+            await log.add(event)
+            await log.drain()
+            return
+        if task is not None:
+            await asyncio.wait({task})
+        await self.store.append(thread_id, [event])
 
     async def shutdown(self) -> None:
         self._shutting_down = True
