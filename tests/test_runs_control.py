@@ -16,8 +16,8 @@ from openai import OpenAI
 
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import (
-    TERMINAL,
     MODEL,
+    TERMINAL,
     SSEStream,
     assistant_text,
     count_until,
