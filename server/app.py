@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> Starlette:
         store = EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=projector)
         await store.open()
         views = ViewReader(store.reader, projector)
-        manager = RunManager(store, views, providers)
+        manager = RunManager(store, views, providers, run_timeout_s=settings.run_timeout_s)
         svc = Services(settings=settings, store=store, views=views, runs=manager)
         manager.builtins = Builtins(svc)
         app.state.services = svc

@@ -27,6 +27,7 @@ class Settings:
     providers_file: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     run_expiry_s: int = 600
+    run_timeout_s: float = 600.0
     max_file_bytes: int = 512 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     code_wall_time_s: float = 60.0
@@ -63,6 +64,7 @@ class Settings:
             "providers_file": Path(env["THREADLOG_PROVIDERS_FILE"]) if env.get("THREADLOG_PROVIDERS_FILE") else None,
             "env": env,
             "run_expiry_s": int(env.get("THREADLOG_RUN_EXPIRY_SECONDS", "600")),
+            "run_timeout_s": float(env.get("THREADLOG_RUN_TIMEOUT_SECONDS", "600")),
             "max_file_bytes": int(env.get("THREADLOG_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
             "max_request_bytes": int(env.get("THREADLOG_MAX_REQUEST_BYTES", str(32 * 1024 * 1024))),
             "code_wall_time_s": float(env.get("THREADLOG_CODE_TIMEOUT_SECONDS", "60")),
@@ -81,6 +83,8 @@ class Settings:
                 f"THREADLOG_SQLITE_SYNCHRONOUS must be one of {', '.join(SYNCHRONOUS_MODES)}, "
                 f"not {self.sqlite_synchronous!r}"
             )
+        if self.run_timeout_s <= 0:
+            raise ConfigError("THREADLOG_RUN_TIMEOUT_SECONDS must be positive")
         if self.code_wall_time_s <= 0:
             raise ConfigError("THREADLOG_CODE_TIMEOUT_SECONDS must be positive")
         if self.code_memory_mb < 64:

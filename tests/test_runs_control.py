@@ -451,3 +451,30 @@ def test_run_waiting_for_outputs_expires(upstream: RunningUpstream, tmp_path: Pa
         assert again.status == "completed"
     finally:
         proc.stop()
+
+
+def test_runs_have_a_wall_clock_limit(upstream: RunningUpstream, tmp_path: Path) -> None:
+    """An upstream that stays alive but never answers, and one that answers too slowly: both end
+    `expired` at the limit, their upstream streams closed."""
+    server = start_server(tmp_path / "data", upstream, THREADLOG_RUN_TIMEOUT_SECONDS="3")
+    try:
+        sdk = make_sdk(server)
+        helper = sdk.beta.assistants.create(model=MODEL)
+        alive = thread_with(sdk, "heartbeat")
+        slow = thread_with(sdk, "long: 200\nslow: 100")
+        started = time.monotonic()
+        runs = [sdk.beta.threads.runs.create(thread_id=t, assistant_id=helper.id) for t in (alive, slow)]
+        finals = [wait_run(sdk, t, r.id, timeout=20) for t, r in zip((alive, slow), runs, strict=True)]
+        elapsed = time.monotonic() - started
+        assert [f.status for f in finals] == ["expired", "expired"]
+        assert 3 <= elapsed < 15
+        assert all(f.expires_at is None and f.required_action is None for f in finals)
+        (message,) = assistant_text(sdk, slow, runs[1].id)
+        assert message.status == "incomplete"
+        assert message.incomplete_details is not None and message.incomplete_details.reason == "run_expired"
+        assert message_value(message).startswith("w1 w2 ")
+        (step,) = sdk.beta.threads.runs.steps.list(runs[1].id, thread_id=slow).data
+        assert step.status == "expired" and step.expired_at is not None
+        wait_for(lambda: upstream.stats()["open_streams"] == 0, timeout=10)
+    finally:
+        server.stop()

@@ -103,6 +103,7 @@ class RunEngine:
         self.builtins = builtins or _NoBuiltins()
         self.context_window = context_window or provider.context_window
         self.cancel_requested = False
+        self.expired = False  # set by the run manager when the run's wall-clock limit passes
         # Set by the run manager: waits until every event yielded so far is in the log.
         # Called before reading views that this run's own events update.
         self.barrier: Callable[[], Awaitable[None]] = _nothing
@@ -509,6 +510,14 @@ class RunEngine:
         run.update(
             status="cancelled", cancelled_at=now(), expires_at=None, required_action=None, usage=dict(self._usage)
         )
+        events.append(run_event(run))
+        return events
+
+    def expiring_events(self) -> list[NewEvent]:
+        """Events that end a run past its wall-clock limit: open message incomplete, steps expired."""
+        events = self._close_open("expired")
+        run = self.run
+        run.update(status="expired", expires_at=None, required_action=None, usage=dict(self._usage))
         events.append(run_event(run))
         return events
 

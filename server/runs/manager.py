@@ -94,8 +94,11 @@ class RunManager:
         views: ViewReader,
         providers: ProviderRegistry,
         builtins: BuiltinTools | None = None,
+        *,
+        run_timeout_s: float = 600.0,
     ) -> None:
         self.store = store
+        self.run_timeout_s = run_timeout_s
         self.views = views
         self.providers = providers
         self.builtins = builtins
@@ -103,6 +106,7 @@ class RunManager:
         self._logs: dict[str, _RunLog] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._finishing: set[str] = set()  # runs whose engine yielded its last event
         self._shutting_down = False
 
@@ -116,6 +120,16 @@ class RunManager:
         self._engines[run["id"]] = engine
         self._cancel_expiry(run["id"])
         self._tasks[run["id"]] = asyncio.create_task(self._drive(engine), name=f"run-{run['id']}")
+        loop = asyncio.get_running_loop()
+        self._deadlines[run["id"]] = loop.call_later(self.run_timeout_s, self._deadline_passed, run["id"])
+
+    def _deadline_passed(self, run_id: str) -> None:
+        """An executing run ran out of time: it ends `expired`, its upstream call closed."""
+        engine, task = self._engines.get(run_id), self._tasks.get(run_id)
+        if engine is None or task is None or run_id in self._finishing or engine.cancel_requested:
+            return
+        engine.expired = True
+        task.cancel()
 
     def is_running(self, run_id: str) -> bool:
         return run_id in self._tasks
@@ -149,6 +163,8 @@ class RunManager:
                 await log.drain()
             if self._shutting_down:
                 closing = engine.fail("server_error", "The server shut down while this run was in progress.")
+            elif engine.expired:
+                closing = engine.expiring_events()
             else:
                 # `cancel()` set the status; its snapshot goes in the same append as the
                 # closing events, so nothing the engine does can land between them.
@@ -165,6 +181,9 @@ class RunManager:
             )
             await self._append(run, engine.fail("server_error", message))
         finally:
+            deadline = self._deadlines.pop(run["id"], None)
+            if deadline is not None:
+                deadline.cancel()
             self._engines.pop(run["id"], None)
             self._logs.pop(run["id"], None)
             self._tasks.pop(run["id"], None)
