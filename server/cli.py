@@ -60,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # after the settings check, so a refused start is prompt
 
     from server.app import create_app
+    from server.connections import header_timeout_protocol
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(
@@ -69,6 +70,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        http=header_timeout_protocol(settings.header_timeout_s),
     )
     server = uvicorn.Server(config)
     server.run()

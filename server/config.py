@@ -28,6 +28,7 @@ class Settings:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     run_expiry_s: int = 600
     run_timeout_s: float = 600.0
+    header_timeout_s: float = 15.0
     max_file_bytes: int = 512 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     code_wall_time_s: float = 60.0
@@ -65,6 +66,7 @@ class Settings:
             "env": env,
             "run_expiry_s": int(env.get("THREADLOG_RUN_EXPIRY_SECONDS", "600")),
             "run_timeout_s": float(env.get("THREADLOG_RUN_TIMEOUT_SECONDS", "600")),
+            "header_timeout_s": float(env.get("THREADLOG_HEADER_TIMEOUT_SECONDS", "15")),
             "max_file_bytes": int(env.get("THREADLOG_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
             "max_request_bytes": int(env.get("THREADLOG_MAX_REQUEST_BYTES", str(32 * 1024 * 1024))),
             "code_wall_time_s": float(env.get("THREADLOG_CODE_TIMEOUT_SECONDS", "60")),

@@ -205,3 +205,36 @@ def test_events_endpoint_serves_threads_only_and_redacts_deleted_messages(
         assert_error(http.get(f"/threads/{other}/events"), 404)
     sdk.beta.threads.delete(thread_id)
     assert_error(http.get(f"/threads/{thread_id}/events"), 404)
+
+
+def test_connections_whose_headers_never_finish_are_dropped(upstream: RunningUpstream, tmp_path: Any) -> None:
+    """Half a request line, nothing at all, or a second request cut short on a kept-alive
+    connection: each socket is closed by the server within the header timeout."""
+    import time
+
+    from tests.runs_fixtures import start_server
+
+    server = start_server(tmp_path / "data", upstream, THREADLOG_HEADER_TIMEOUT_SECONDS="1")
+    try:
+        sockets = []
+        for i in range(300):
+            sock = socket.create_connection((server.host, server.port), timeout=15)
+            if i % 3:
+                sock.sendall(b"GET /heal")
+            sockets.append(sock)
+        kept = socket.create_connection((server.host, server.port), timeout=15)
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while not reply.endswith(b"}"):
+            reply += kept.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200")
+        kept.sendall(b"GET /heal")
+        sockets.append(kept)
+        started = time.monotonic()
+        for sock in sockets:
+            assert sock.recv(1024) == b""  # closed by the server (a timeout here would raise)
+            sock.close()
+        assert time.monotonic() - started < 10
+        assert httpx.get(f"{server.root_url}/healthz", timeout=10).status_code == 200
+    finally:
+        server.stop()
