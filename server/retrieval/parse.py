@@ -23,7 +23,7 @@ from html.parser import HTMLParser
 from pathlib import PurePosixPath
 from xml.etree import ElementTree
 
-__all__ = ["InvalidFile", "UnsupportedFile", "extract_text"]
+__all__ = ["InvalidFile", "UnsupportedFile", "check_zip_bounds", "extract_text"]
 
 
 class UnsupportedFile(Exception):
@@ -457,6 +457,39 @@ def _pptx_to_text(data: bytes) -> str:
     return "\n\n".join(slides)
 
 
+MAX_INFLATED_MEMBER_BYTES = 64 << 20
+MAX_INFLATED_FILE_BYTES = 256 << 20
+MAX_ZIP_MEMBERS = 10_000
+
+
+def check_zip_bounds(
+    data: bytes, member_cap: int = MAX_INFLATED_MEMBER_BYTES, total_cap: int = MAX_INFLATED_FILE_BYTES
+) -> None:
+    """Refuse a zip (docx, pptx, ...) that would inflate past the caps, before inflating any of it.
+
+    The central directory declares each member's size, and Python's zipfile never yields
+    more than that size from a member, so checking the declarations bounds what every
+    later read (ours, python-docx's) can inflate: a 1.5 MB file whose slide inflates to
+    1.5 GB is refused here without reading the slide.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            members = zf.infolist()
+    except zipfile.BadZipFile as exc:
+        raise InvalidFile(f"the file is not a valid zip container: {exc}") from exc
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise InvalidFile(f"the file holds {len(members)} parts; at most {MAX_ZIP_MEMBERS} are read")
+    total = 0
+    for info in members:
+        if info.file_size > member_cap:
+            raise InvalidFile(
+                f"part '{info.filename[:100]}' inflates to {info.file_size} bytes; at most {member_cap} are read"
+            )
+        total += info.file_size
+        if total > total_cap:
+            raise InvalidFile(f"the file inflates to more than {total_cap} bytes; at most that much is read")
+
+
 def _zip_kind(data: bytes) -> str | None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -485,6 +518,8 @@ def extract_text(filename: str, data: bytes) -> str:
         return _non_empty(_pdf_to_text(data))
     is_zip = data.startswith(b"PK\x03\x04")
     if ext in ("docx", "pptx") or is_zip:
+        if is_zip:
+            check_zip_bounds(data)
         kind = _zip_kind(data) if is_zip else None
         if kind == "docx" or (ext == "docx" and kind is None):
             return _non_empty(_docx_to_text(data))
