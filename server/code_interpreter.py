@@ -18,6 +18,7 @@ from events.records import NewEvent
 from server.ids import new_id
 from server.runs.engine import ToolResult
 from server.sandbox import InputFile, SandboxLimits, SandboxManager, SandboxUnavailable, sandbox_status
+from server.sandbox.files import safe_file_name
 from server.services import Services
 
 __all__ = ["CodeInterpreter"]
@@ -41,6 +42,8 @@ class CodeInterpreter:
             wall_time_s=settings.code_wall_time_s,
             cpu_time_s=max(1, int(settings.code_wall_time_s)),
             memory_bytes=settings.code_memory_mb << 20,
+            idle_expiry_s=settings.code_idle_s,
+            max_sessions=settings.code_max_sessions,
         )
         manager = SandboxManager(settings.sandbox_dir, limits, allow_unsandboxed=settings.allow_unsandboxed_code)
         return cls(svc, manager, None)
@@ -96,7 +99,7 @@ class CodeInterpreter:
             path = self.svc.settings.files_dir / file_id
             if doc is not None and path.exists():
                 data = await anyio.to_thread.run_sync(path.read_bytes)
-                files.append(InputFile(name=os.path.basename(doc["filename"]), data=data))
+                files.append(InputFile(name=safe_file_name(doc["filename"], file_id), data=data))
         return files
 
     async def _store_output(self, name: str, data: bytes) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from server.runs.prompt import (
     thread_message_to_chat,
     truncate,
 )
+from server.sandbox.files import safe_file_name
 
 __all__ = ["CITATION_PATTERN", "BuiltinTools", "RunEngine", "ToolResult"]
 
@@ -580,7 +580,7 @@ class RunEngine:
                 file_id = attachment["file_id"]
                 if file_id not in names:
                     doc = await self.views.get("file", file_id)
-                    names[file_id] = os.path.basename(doc["filename"]) if doc else file_id
+                    names[file_id] = safe_file_name(doc["filename"], file_id) if doc else file_id
         return names
 
     def _request(self, parts: PromptParts, max_completion: int | None) -> dict[str, Any]:

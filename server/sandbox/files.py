@@ -41,6 +41,27 @@ class FileStamp:
 Snapshot = dict[str, FileStamp]
 
 
+def safe_file_name(name: str, fallback: str) -> str:
+    """A file's name as it lands in /mnt/data: its last path part, never empty, `.` or `..`.
+
+    Uploaded names are the client's (`..`, `/`, `""`, `a/b.csv`, 300 bytes): the sandbox
+    gets a plain name, `fallback` (the file id) where nothing usable is left, cut to
+    255 bytes keeping its extension.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].replace("\x00", "").strip()
+    if base in ("", ".", ".."):
+        base = fallback
+    if len(base.encode()) > 255:
+        stem, dot, ext = base.rpartition(".")
+        if not dot or len(ext.encode()) > 16:
+            stem, ext = base, ""
+        suffix = f".{ext}" if ext else ""
+        while len((stem + suffix).encode()) > 255:
+            stem = stem[:-1]
+        base = stem + suffix
+    return base
+
+
 def validate_input_name(name: str) -> str:
     """Input files land directly in /mnt/data: a plain name, no directories."""
     if not name or name in {".", ".."} or "/" in name or "\x00" in name or len(name.encode()) > 255:
@@ -85,7 +106,7 @@ def write_inputs(data_dir: Path, inputs: list[InputFile], owner: tuple[int, int]
             except FileNotFoundError:
                 pass
             except IsADirectoryError:
-                raise ValueError(f"/mnt/data/{name} is a directory") from None
+                continue  # the code made a directory of that name: it keeps it, the run goes on
             fd = os.open(
                 name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
             )

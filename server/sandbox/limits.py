@@ -31,7 +31,8 @@ class SandboxLimits:
     file_size_bytes: int = 100 << 20  # RLIMIT_FSIZE
     max_processes: int = 64  # RLIMIT_NPROC of the sandbox's own uid
     max_output_chars: int = 20_000  # logs are capped with a marker
-    idle_expiry_s: float = 3600.0  # a session with no call for this long is shut down
+    idle_expiry_s: float = 900.0  # a session with no call for this long is shut down
+    max_sessions: int = 16  # live sessions (kernels) at once; the least recently used is stopped first
 
     def __post_init__(self) -> None:
         if self.wall_time_s <= 0 or self.cpu_time_s <= 0:
@@ -42,6 +43,8 @@ class SandboxLimits:
             raise ValueError("file_size_bytes, max_processes (>=4) or max_output_chars (>=100) too small")
         if self.idle_expiry_s <= 0:
             raise ValueError("idle_expiry_s must be positive")
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
 
     @property
     def tmpfs_bytes(self) -> int:

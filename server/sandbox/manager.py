@@ -191,10 +191,33 @@ class SandboxManager:
                     if self._sessions.get(session_id) is session:
                         del self._sessions[session_id]
                     if session.kernel is not None:
-                        self._expired[session_id] = f"it was idle for more than {idle:g}s"
-                        while len(self._expired) > MAX_EXPIRY_NOTES:
-                            self._expired.popitem(last=False)
+                        self._note_expired(session_id, f"it was idle for more than {idle:g}s")
                     await self._shutdown(session)
+
+    async def _make_room(self, starting: _Session) -> None:
+        """Stop the least recently used idle sessions while `max_sessions` kernels are live.
+
+        Their files stay; their next call starts a fresh kernel and is told why. Sessions
+        in the middle of a call are never stopped, so the bound can be passed only while
+        more than `max_sessions` calls run at once.
+        """
+        while True:
+            live = [s for s in self._sessions.values() if s is not starting and s.kernel is not None]
+            if len(live) < self.limits.max_sessions:
+                return
+            idle = [s for s in live if not s.lock.locked()]
+            if not idle:
+                return
+            victim = min(idle, key=lambda s: s.last_used)
+            if self._sessions.get(victim.session_id) is victim:
+                del self._sessions[victim.session_id]
+            self._note_expired(victim.session_id, f"more than {self.limits.max_sessions} sessions were open")
+            await self._shutdown(victim)
+
+    def _note_expired(self, session_id: str, why: str) -> None:
+        self._expired[session_id] = why
+        while len(self._expired) > MAX_EXPIRY_NOTES:
+            self._expired.popitem(last=False)
 
     async def _start_kernel(self, session: _Session, mode: Mode) -> KernelProcess:
         owner = (session.uid, session.uid) if session.uid is not None else None
@@ -229,6 +252,7 @@ class SandboxManager:
         if session.kernel is None or not session.kernel.alive:
             if session.kernel is not None and session.restart_note is None:
                 session.restart_note = "its process ended"
+            await self._make_room(session)
             session.kernel = await self._start_kernel(session, mode)
             if session.restart_note:
                 prefix = (
