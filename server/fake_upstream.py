@@ -45,7 +45,9 @@ __all__ = [
 
 TOKEN_RE = re.compile(r"\S+\s*")
 CITATION_RE = re.compile(r"【\d+:\d+†[^】]+】")
-DIRECTIVE_RE = re.compile(r"^(say|call|search|code|long|slow|fail|usage|chunking|broken|malformed|pause):\s*(.*)$")
+DIRECTIVE_RE = re.compile(
+    r"^(say|call|search|code|long|chars|slow|fail|usage|chunking|broken|malformed|pause):\s*(.*)$"
+)
 CHUNKINGS = ("openai", "whole", "split", "interleaved", "index-first", "index-zero")
 """How tool calls are cut into chunks, as real providers do it (see `stream_deltas`)."""
 BROKEN = ("random", "json", "done-only", "html")
@@ -174,6 +176,7 @@ class Directives:
     say: list[str] = field(default_factory=list)
     calls: list[ToolCallPlan] = field(default_factory=list)
     long_n: int | None = None
+    chars_n: int | None = None  # an answer of this many one-character deltas
     slow_ms: int = 0
     fail: tuple[int, int] | None = None
     stall: bool = False
@@ -247,6 +250,8 @@ def _apply_directive(directives: Directives, keyword: str, rest: str) -> None:
         directives.calls.append(ToolCallPlan("file_search", json.dumps({"query": rest.strip()})))
     elif keyword == "long":
         directives.long_n = _int_or_none(rest)
+    elif keyword == "chars":
+        directives.chars_n = _int_or_none(rest)
     elif keyword == "slow":
         directives.slow_ms = max(0, _int_or_none(rest) or 0)
     elif keyword == "fail":
@@ -384,6 +389,8 @@ def plan_reply(body: dict[str, Any], state: FakeUpstreamState) -> ReplyPlan:
     calls = _planned_calls(body, directives)
     text = _reply_text(body, directives, user_text)
     tokens = tokenize(text) + _long_tokens(directives.long_n)
+    if directives.chars_n is not None:
+        tokens = list(itertools.islice(itertools.cycle("abcdefghij"), directives.chars_n))
     if calls and not directives.say and directives.long_n is None:
         tokens = []  # a pure tool-call turn carries no text
     return ReplyPlan(

@@ -454,3 +454,46 @@ async def test_unavailable_sandbox_raises_or_runs_unsandboxed(
     assert result.error is None, result.logs
     assert result.logs == "42\n"
     assert [f.name for f in result.files] == ["out.txt"]
+
+
+HARDENING_PROBE = """
+import ctypes, errno, os, shutil, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def refused(result):
+    return result == -1 and ctypes.get_errno() == errno.EPERM
+status = dict(line.split(':\\t', 1) for line in open('/proc/self/status').read().splitlines() if ':\\t' in line)
+print('seccomp', status['Seccomp'].strip())
+print('userns', refused(libc.unshare(0x10000000)))
+print('ptrace', refused(libc.ptrace(16, 1, 0, 0)))  # PTRACE_ATTACH to the sandbox's init
+print('keyctl', refused(libc.syscall(250, 0, 0, 0, 0, 0)))  # keyctl(KEYCTL_GET_KEYRING_ID)
+print('bpf', refused(libc.syscall(321, 0, 0, 0)))
+print('unshare_cmd', subprocess.run(['unshare', '-Ur', 'id', '-u'], capture_output=True).returncode != 0
+      if shutil.which('unshare') else True)
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print('fork', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print('subprocess', subprocess.run(['true']).returncode)
+import numpy, pandas
+print('numpy', int(numpy.arange(4).sum()), len(pandas.DataFrame({'a': [1, 2]})))
+"""
+
+
+@needs_bwrap
+async def test_seccomp_refuses_what_the_data_stack_never_needs(make_manager: Factory) -> None:
+    """Namespaces (no `unshare -Ur` root), ptrace, keyrings and BPF are refused; threads, fork,
+    subprocesses and numpy/pandas work."""
+    result = await make_manager().execute("hardening", HARDENING_PROBE)
+    assert result.error is None, result.logs
+    assert result.logs.splitlines() == [
+        "seccomp 2",
+        "userns True",
+        "ptrace True",
+        "keyctl True",
+        "bpf True",
+        "unshare_cmd True",
+        "fork 7",
+        "subprocess 0",
+        "numpy 6 2",
+    ]

@@ -34,6 +34,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from . import seccomp
+
 Mode = Literal["privileged", "userns", "unsandboxed"]
 
 SANDBOX_DATA = "/mnt/data"
@@ -239,6 +241,10 @@ def bwrap_argv(
     else:
         argv += ["--chdir", "/tmp"]
     argv += ["--remount-ro", "/"]
+    seccomp_fd = seccomp.program_fd()
+    if seccomp_fd is not None:
+        fds.append(seccomp_fd)
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--clearenv"]
     bin_dirs = list(dict.fromkeys([os.path.dirname(executable), os.path.join(sys.base_prefix, "bin")]))
     for key, value in kernel_env(bin_dirs).items():
