@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -32,9 +31,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.machine import calibration, machine  # noqa: E402
-from server.fake_upstream import serve_in_thread  # noqa: E402
-from tests.serverproc import ServerProcess  # noqa: E402
+from bench.machine import calibration, machine
+from server.fake_upstream import serve_in_thread
+from tests.serverproc import ServerProcess
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -93,7 +92,8 @@ def _stream(server: ServerProcess, assistant: str, prompt: str, delta_type: str,
 def _report(name: str, result: dict[str, Any]) -> None:
     health = result["health"]
     print(
-        f"{name}: {result['seconds']:.1f} s, {result['deltas']} deltas ({result['deltas'] / result['seconds']:,.0f}/s), "
+        f"{name}: {result['seconds']:.1f} s, {result['deltas']} deltas "
+        f"({result['deltas'] / result['seconds']:,.0f}/s), "
         f"us/delta first tenth {result['first_us']:.0f}, last tenth {result['last_us']:.0f} "
         f"(ratio {result['last_us'] / result['first_us']:.2f}); /healthz during it p50 {_pct(health, 50):.1f} ms, "
         f"p99 {_pct(health, 99):.1f} ms, max {max(health, default=float('nan')):.1f} ms "
