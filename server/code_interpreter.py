@@ -7,6 +7,7 @@ there become files with purpose `assistants_output`, images as `image` outputs.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from server.services import Services
 __all__ = ["CodeInterpreter"]
 
 _MODEL_OUTPUT_CHARS = 8000
+
+logger = logging.getLogger("threadlog")
 
 
 @dataclass
@@ -44,8 +47,10 @@ class CodeInterpreter:
             memory_bytes=settings.code_memory_mb << 20,
             idle_expiry_s=settings.code_idle_s,
             max_sessions=settings.code_max_sessions,
+            session_memory_bytes=settings.code_session_memory_mb << 20,
         )
         manager = SandboxManager(settings.sandbox_dir, limits, allow_unsandboxed=settings.allow_unsandboxed_code)
+        logger.info("code_interpreter memory cap: %s", manager.memory_cap)
         return cls(svc, manager, None)
 
     async def aclose(self) -> None:

@@ -35,6 +35,7 @@ class Settings:
     code_memory_mb: int = 1024
     code_idle_s: float = 900.0
     code_max_sessions: int = 16
+    code_session_memory_mb: int = 2048
     allow_unsandboxed_code: bool = False
     lancedb_uri: str | None = None
 
@@ -75,6 +76,9 @@ class Settings:
             "code_memory_mb": int(env.get("THREADLOG_CODE_MEMORY_MB", "1024")),
             "code_idle_s": float(env.get("THREADLOG_CODE_IDLE_SECONDS", "900")),
             "code_max_sessions": int(env.get("THREADLOG_CODE_MAX_SESSIONS", "16")),
+            "code_session_memory_mb": int(
+                env.get("THREADLOG_CODE_SESSION_MEMORY_MB", str(2 * int(env.get("THREADLOG_CODE_MEMORY_MB", "1024"))))
+            ),
             "allow_unsandboxed_code": env.get("THREADLOG_ALLOW_UNSANDBOXED_CODE", "") in ("1", "true", "yes"),
             "lancedb_uri": env.get("THREADLOG_LANCEDB_URI") or None,
         }
@@ -95,6 +99,8 @@ class Settings:
             raise ConfigError("THREADLOG_CODE_TIMEOUT_SECONDS must be positive")
         if self.code_idle_s <= 0 or self.code_max_sessions < 1:
             raise ConfigError("THREADLOG_CODE_IDLE_SECONDS must be positive and THREADLOG_CODE_MAX_SESSIONS at least 1")
+        if self.code_session_memory_mb < self.code_memory_mb:
+            raise ConfigError("THREADLOG_CODE_SESSION_MEMORY_MB must be at least THREADLOG_CODE_MEMORY_MB")
         if self.code_memory_mb < 64:
             raise ConfigError("THREADLOG_CODE_MEMORY_MB must be at least 64 (Python needs it to start)")
         if not self.api_keys and not is_loopback(self.host):

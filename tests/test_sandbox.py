@@ -497,3 +497,35 @@ async def test_seccomp_refuses_what_the_data_stack_never_needs(make_manager: Fac
         "subprocess 0",
         "numpy 6 2",
     ]
+
+
+MEMORY_HOG = """
+import subprocess, sys
+child = "import time; b = b'x' * (150 << 20); print('filled', flush=True); time.sleep(3)"
+procs = [subprocess.Popen([sys.executable, '-c', child], stdout=subprocess.PIPE) for _ in range({n})]
+print(sorted(p.wait() for p in procs))
+"""
+
+
+@needs_bwrap
+async def test_a_session_s_processes_share_one_memory_cap(make_manager: Factory) -> None:
+    """Three children of 150 MB each, every one under the 256 MiB per-process limit: together
+    they pass the session's 384 MiB, and the cap stops them; two fit."""
+    limits = SandboxLimits(
+        wall_time_s=30.0, cpu_time_s=30, memory_bytes=256 << 20, session_memory_bytes=384 << 20, max_processes=32
+    )
+    manager = make_manager(limits)
+    fits = await manager.execute("cgroup_fits", MEMORY_HOG.format(n=2))
+    cap = manager.memory_cap
+    if os.geteuid() == 0 or os.environ.get("CI") == "true":
+        assert cap.startswith("cgroup"), cap
+    if not cap.startswith("cgroup"):
+        assert cap.startswith("address-space budget: 4 processes")
+        return
+    assert fits.logs.strip().splitlines()[-1] == "[0, 0]", fits.logs
+    hog = await manager.execute("cgroup_hog", MEMORY_HOG.format(n=3))
+    codes = hog.logs.strip().splitlines()[-1]
+    assert "-9" in codes, hog.logs  # the kernel's OOM killer, inside the session's cgroup
+    # The session goes on.
+    after = await manager.execute("cgroup_hog", "print('alive')")
+    assert after.logs.strip().endswith("alive")

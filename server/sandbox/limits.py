@@ -33,6 +33,7 @@ class SandboxLimits:
     max_output_chars: int = 20_000  # logs are capped with a marker
     idle_expiry_s: float = 900.0  # a session with no call for this long is shut down
     max_sessions: int = 16  # live sessions (kernels) at once; the least recently used is stopped first
+    session_memory_bytes: int | None = None  # all of a session's processes together (a cgroup), if set
 
     def __post_init__(self) -> None:
         if self.wall_time_s <= 0 or self.cpu_time_s <= 0:
@@ -45,22 +46,33 @@ class SandboxLimits:
             raise ValueError("idle_expiry_s must be positive")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
+        if self.session_memory_bytes is not None and self.session_memory_bytes < self.memory_bytes:
+            raise ValueError("session_memory_bytes must be at least memory_bytes")
 
     @property
     def tmpfs_bytes(self) -> int:
         """Size of the sandbox's /tmp: room for one maximal file plus scratch."""
         return max(MIN_TMPFS_BYTES, self.file_size_bytes)
 
-    def kernel_rlimits(self, extra_processes: int = 0) -> dict[str, Any]:
+    def processes_within_budget(self) -> int:
+        """Without a cgroup, the session budget is divided over processes: how many may run."""
+        if self.session_memory_bytes is None:
+            return self.max_processes
+        return max(4, min(self.max_processes, self.session_memory_bytes // self.memory_bytes))
+
+    def kernel_rlimits(self, extra_processes: int = 0, *, in_cgroup: bool = True) -> dict[str, Any]:
         """The rlimits the kernel applies to itself at start-up.
 
         `extra_processes` widens RLIMIT_NPROC when the sandbox shares its host
         uid with other processes (unprivileged mode): the kernel counts those
-        too, so the budget is "what already runs + max_processes".
+        too, so the budget is "what already runs + max_processes". Outside a
+        cgroup (`in_cgroup` False) the process count is cut so that processes
+        times RLIMIT_AS stays near the session's memory budget.
         """
+        processes = self.max_processes if in_cgroup else self.processes_within_budget()
         return {
             "as": self.memory_bytes,
             "fsize": self.file_size_bytes,
-            "nproc": self.max_processes + extra_processes,
+            "nproc": processes + extra_processes,
             "cpu_per_call": self.cpu_time_s,
         }

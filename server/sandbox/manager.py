@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import files as datafiles
+from .cgroups import SessionCgroup, SessionCgroups
 from .launch import (
     Mode,
     build_launch,
@@ -66,6 +67,7 @@ class _Session:
     last_used: float = field(default_factory=time.monotonic)
     restart_note: str | None = None  # why variables were lost, told on the next call
     closed: bool = False
+    cgroup: SessionCgroup | None = None
 
 
 class SandboxManager:
@@ -85,6 +87,7 @@ class SandboxManager:
         self._mode: Mode | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+        self._cgroups: SessionCgroups | None = None
 
     # --- public API -------------------------------------------------------
     async def execute(self, session_id: str, code: str, input_files: Sequence[InputFile] = ()) -> ExecutionResult:
@@ -131,6 +134,32 @@ class SandboxManager:
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(self._shutdown(s) for s in sessions), return_exceptions=True)
+        if self._cgroups is not None:
+            await asyncio.to_thread(self._cgroups.close)
+
+    @property
+    def memory_cap(self) -> str:
+        """Which cap on a whole session's memory is in force (for the logs and the README's claim)."""
+        limits = self.limits
+        if limits.session_memory_bytes is None:
+            return f"none for the session; {limits.memory_bytes >> 20} MiB address space per process"
+        cgroups = self._session_cgroups()
+        if cgroups.kind is not None:
+            return (
+                f"cgroup {cgroups.kind}: {limits.session_memory_bytes >> 20} MiB memory and "
+                f"{limits.max_processes} processes per session"
+            )
+        return (
+            f"address-space budget: {limits.processes_within_budget()} processes x "
+            f"{limits.memory_bytes >> 20} MiB per session (no cgroup: {cgroups.unavailable})"
+        )
+
+    def _session_cgroups(self) -> SessionCgroups:
+        if self._cgroups is None:
+            self._cgroups = SessionCgroups.open(f"threadlog-{os.getpid()}")
+            if self._cgroups.unavailable:
+                log.warning("code_interpreter sessions get no cgroup: %s", self._cgroups.unavailable)
+        return self._cgroups
 
     # --- sessions ---------------------------------------------------------
     def _session(self, session_id: str, mode: Mode) -> _Session:
@@ -151,6 +180,9 @@ class SandboxManager:
         if kernel is not None:
             await kernel.kill()
             await kernel.drain_pump(0.5)
+        cgroup, session.cgroup = session.cgroup, None
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup.remove)
 
     async def _ensure_mode(self) -> Mode:
         if self._mode is not None:
@@ -225,13 +257,25 @@ class SandboxManager:
         if mode != "privileged":
             extra = await asyncio.to_thread(count_user_tasks, os.getuid())
         await asyncio.to_thread(self._prepare_dirs, session.data_dir, owner)
+        cgroup = None
+        if self.limits.session_memory_bytes is not None:
+            cgroups = self._session_cgroups()
+            try:
+                cgroup = await asyncio.to_thread(
+                    cgroups.create, session.session_id, self.limits.session_memory_bytes, self.limits.max_processes
+                )
+            except OSError as exc:
+                log.warning("no cgroup for session %s: %s", session.session_id, exc)
         spec = build_launch(
             mode,
             data_dir=session.data_dir,
             uid=session.uid,
             tmpfs_bytes=self.limits.tmpfs_bytes,
-            kernel_config={"rlimits": self.limits.kernel_rlimits(extra)},
+            kernel_config={"rlimits": self.limits.kernel_rlimits(extra, in_cgroup=cgroup is not None)},
         )
+        if cgroup is not None:
+            spec.argv = cgroup.wrap(spec.argv)
+            session.cgroup = cgroup
         try:
             return await KernelProcess.start(spec)
         except KernelStartError as exc:
