@@ -48,6 +48,8 @@ class CodeInterpreter:
             idle_expiry_s=settings.code_idle_s,
             max_sessions=settings.code_max_sessions,
             session_memory_bytes=settings.code_session_memory_mb << 20,
+            disk_quota_bytes=settings.code_disk_quota_mb << 20,
+            disk_reserve_bytes=settings.disk_reserve_mb << 20,
         )
         manager = SandboxManager(settings.sandbox_dir, limits, allow_unsandboxed=settings.allow_unsandboxed_code)
         logger.info("code_interpreter memory cap: %s", manager.memory_cap)

@@ -36,6 +36,8 @@ class Settings:
     code_idle_s: float = 900.0
     code_max_sessions: int = 16
     code_session_memory_mb: int = 2048
+    code_disk_quota_mb: int = 1024
+    disk_reserve_mb: int = 512
     allow_unsandboxed_code: bool = False
     lancedb_uri: str | None = None
 
@@ -76,6 +78,8 @@ class Settings:
             "code_memory_mb": int(env.get("THREADLOG_CODE_MEMORY_MB", "1024")),
             "code_idle_s": float(env.get("THREADLOG_CODE_IDLE_SECONDS", "900")),
             "code_max_sessions": int(env.get("THREADLOG_CODE_MAX_SESSIONS", "16")),
+            "code_disk_quota_mb": int(env.get("THREADLOG_CODE_DISK_QUOTA_MB", "1024")),
+            "disk_reserve_mb": int(env.get("THREADLOG_DISK_RESERVE_MB", "512")),
             "code_session_memory_mb": int(
                 env.get("THREADLOG_CODE_SESSION_MEMORY_MB", str(2 * int(env.get("THREADLOG_CODE_MEMORY_MB", "1024"))))
             ),

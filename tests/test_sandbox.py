@@ -529,3 +529,39 @@ async def test_a_session_s_processes_share_one_memory_cap(make_manager: Factory)
     # The session goes on.
     after = await manager.execute("cgroup_hog", "print('alive')")
     assert after.logs.strip().endswith("alive")
+
+
+@needs_bwrap
+async def test_a_session_s_disk_quota_stops_the_call_that_passes_it(make_manager: Factory, tmp_path: Path) -> None:
+    """Files of 8 MB each, every one under RLIMIT_FSIZE: the call passing 40 MiB is stopped, what it
+    wrote is removed, earlier files stay, and the session goes on."""
+    limits = SandboxLimits(wall_time_s=30.0, cpu_time_s=30, disk_quota_bytes=40 << 20, idle_expiry_s=600)
+    manager = make_manager(limits)
+    kept = await manager.execute("quota", "open('/mnt/data/kept.txt', 'w').write('small')")
+    assert kept.error is None
+    writer = (
+        "import os, time\n"
+        "for i in range(30):\n"
+        "    with open(f'/mnt/data/big{i}.bin', 'wb') as f:\n"
+        "        f.write(os.urandom(8 << 20))\n"
+        "    time.sleep(0.05)\n"
+        "print('wrote everything')"
+    )
+    result = await manager.execute("quota", writer)
+    assert result.error is not None and "disk quota of 40 MiB" in result.error
+    assert "wrote everything" not in result.logs
+    data_dir = manager.work_root / "quota" / "data"
+    assert sorted(os.listdir(data_dir)) == ["kept.txt"]
+    after = await manager.execute("quota", "print(open('/mnt/data/kept.txt').read())")
+    assert after.logs.strip().endswith("small")
+
+
+@needs_bwrap
+async def test_no_call_runs_when_the_disk_is_nearly_full(make_manager: Factory) -> None:
+    """A reserve larger than the free space: the call is refused before it runs, in words."""
+    limits = SandboxLimits(wall_time_s=10.0, cpu_time_s=10, disk_reserve_bytes=1 << 60, idle_expiry_s=600)
+    manager = make_manager(limits)
+    result = await manager.execute("full", "open('/mnt/data/x', 'w').write('x'); print('ran')")
+    assert result.error is not None and "disk is nearly full" in result.error
+    assert "ran" not in result.logs
+    assert not (manager.work_root / "full" / "data" / "x").exists()

@@ -219,3 +219,54 @@ def _read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes | None:
         return None if len(data) > max_bytes else data
     finally:
         os.close(fd)
+
+
+def usage(data_dir: Path) -> int:
+    """Bytes held by regular files under data_dir (allocated blocks; symlinks not followed)."""
+    total = 0
+    stack = [str(data_dir)]
+    seen = 0
+    while stack and seen < MAX_SCAN_ENTRIES * 10:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                total += max(st.st_size, st.st_blocks * 512)
+    return total
+
+
+def free_bytes(path: Path) -> int:
+    """Space left for unprivileged writers on the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def remove_files(data_dir: Path, names: list[str]) -> None:
+    """Unlink data_dir/name for each name, never following a symlink on the way."""
+    for name in names:
+        parts = name.split("/")
+        if any(part in {"", ".", ".."} for part in parts):
+            continue
+        try:
+            dir_fd = os.open(data_dir, _DIR_FLAGS)
+        except OSError:
+            return
+        try:
+            for part in parts[:-1]:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+                os.close(dir_fd)
+                dir_fd = next_fd
+            os.unlink(parts[-1], dir_fd=dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)

@@ -34,6 +34,8 @@ class SandboxLimits:
     idle_expiry_s: float = 900.0  # a session with no call for this long is shut down
     max_sessions: int = 16  # live sessions (kernels) at once; the least recently used is stopped first
     session_memory_bytes: int | None = None  # all of a session's processes together (a cgroup), if set
+    disk_quota_bytes: int = 1 << 30  # a session's /mnt/data; a call that writes past it is stopped
+    disk_reserve_bytes: int = 512 << 20  # free space on the data dir's disk that sandboxes never use
 
     def __post_init__(self) -> None:
         if self.wall_time_s <= 0 or self.cpu_time_s <= 0:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 MAX_EXPIRY_NOTES = 10_000
+DISK_CHECK_S = 0.2  # how often a running call's disk use is measured (bounds the overshoot)
 
 
 def sandbox_status(allow_unsandboxed: bool = False) -> str | None:
@@ -306,12 +307,29 @@ class SandboxManager:
                 session.restart_note = None
         kernel = session.kernel
         owner = (session.uid, session.uid) if session.uid is not None else None
+        refused = await asyncio.to_thread(self._disk_refusal, session.data_dir)
+        if refused is not None:
+            return ExecutionResult(logs=prefix + f"[{refused}]\n", files=[], error=refused, duration_s=0.0)
         before = await asyncio.to_thread(self._before_call, session.data_dir, inputs, owner)
+        watchdog = asyncio.create_task(self._watch_disk(session, kernel))
         try:
             outcome = await kernel.execute(code, self.limits)
         except asyncio.CancelledError:
             session.restart_note = "the previous call was cancelled"
             raise
+        finally:
+            watchdog.cancel()
+            await asyncio.wait({watchdog})
+        over = None if watchdog.cancelled() else watchdog.result()
+        if over is not None:
+            # What the stopped call wrote is removed: the session is back under its quota.
+            written = await asyncio.to_thread(self._changed, session.data_dir, before)
+            await asyncio.to_thread(datafiles.remove_files, session.data_dir, written)
+            session.kernel = None
+            session.restart_note = "the previous call was stopped for writing too much"
+            outcome.collector.append_note(f"[{over} The files it wrote were removed; variables are lost.]")
+            logs = prefix + outcome.collector.text()
+            return ExecutionResult(logs=logs, files=[], error=over, duration_s=time.perf_counter() - started)
         error, note = self._interpret(session, outcome)
         files, file_notes = await asyncio.to_thread(self._after_call, session.data_dir, before)
         files = self._figures(outcome) + files
@@ -320,6 +338,39 @@ class SandboxManager:
                 outcome.collector.append_note(line)
         logs = prefix + outcome.collector.text()
         return ExecutionResult(logs=logs, files=files, error=error, duration_s=time.perf_counter() - started)
+
+    def _disk_refusal(self, data_dir: Path) -> str | None:
+        """Why no call may start now: the disk holding the event log is nearly full."""
+        free = datafiles.free_bytes(data_dir.parent if not data_dir.exists() else data_dir)
+        if free < self.limits.disk_reserve_bytes:
+            return (
+                f"The server's disk is nearly full ({free >> 20} MiB free, {self.limits.disk_reserve_bytes >> 20} "
+                "MiB are kept for its own data): code_interpreter cannot run until space is freed."
+            )
+        return None
+
+    async def _watch_disk(self, session: _Session, kernel: KernelProcess) -> str | None:
+        """While a call runs: stop it once /mnt/data passes the quota or the disk's reserve is reached."""
+        limits = self.limits
+        start = await asyncio.to_thread(datafiles.usage, session.data_dir)
+        while True:
+            await asyncio.sleep(DISK_CHECK_S)
+            used = await asyncio.to_thread(datafiles.usage, session.data_dir)
+            free = await asyncio.to_thread(datafiles.free_bytes, session.data_dir)
+            reason = None
+            if used > limits.disk_quota_bytes and used > start:
+                reason = (
+                    f"The files in /mnt/data passed the session's disk quota of {limits.disk_quota_bytes >> 20} MiB; "
+                    "the call was stopped."
+                )
+            elif free < limits.disk_reserve_bytes:
+                reason = "The server's disk is nearly full; the call was stopped."
+            if reason is not None:
+                await kernel.kill()
+                return reason
+
+    def _changed(self, data_dir: Path, before: datafiles.Snapshot) -> list[str]:
+        return datafiles.changed_files(before, datafiles.snapshot(data_dir))
 
     def _before_call(
         self, data_dir: Path, inputs: list[InputFile], owner: tuple[int, int] | None
