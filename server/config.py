@@ -103,8 +103,8 @@ class Settings:
             raise ConfigError("THREADLOG_CODE_TIMEOUT_SECONDS must be positive")
         if self.code_idle_s <= 0 or self.code_max_sessions < 1:
             raise ConfigError("THREADLOG_CODE_IDLE_SECONDS must be positive and THREADLOG_CODE_MAX_SESSIONS at least 1")
-        if self.code_session_memory_mb < self.code_memory_mb:
-            raise ConfigError("THREADLOG_CODE_SESSION_MEMORY_MB must be at least THREADLOG_CODE_MEMORY_MB")
+        if self.code_session_memory_mb < 64:
+            raise ConfigError("THREADLOG_CODE_SESSION_MEMORY_MB must be at least 64")
         if self.code_memory_mb < 64:
             raise ConfigError("THREADLOG_CODE_MEMORY_MB must be at least 64 (Python needs it to start)")
         if not self.api_keys and not is_loopback(self.host):

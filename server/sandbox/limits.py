@@ -48,8 +48,8 @@ class SandboxLimits:
             raise ValueError("idle_expiry_s must be positive")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be at least 1")
-        if self.session_memory_bytes is not None and self.session_memory_bytes < self.memory_bytes:
-            raise ValueError("session_memory_bytes must be at least memory_bytes")
+        if self.session_memory_bytes is not None and self.session_memory_bytes < 64 << 20:
+            raise ValueError("session_memory_bytes below 64 MiB cannot start Python")
 
     @property
     def tmpfs_bytes(self) -> int:
@@ -60,7 +60,7 @@ class SandboxLimits:
         """Without a cgroup, the session budget is divided over processes: how many may run."""
         if self.session_memory_bytes is None:
             return self.max_processes
-        return max(4, min(self.max_processes, self.session_memory_bytes // self.memory_bytes))
+        return max(4, min(self.max_processes, self.session_memory_bytes // self.memory_bytes))  # floor: Python's own
 
     def kernel_rlimits(self, extra_processes: int = 0, *, in_cgroup: bool = True) -> dict[str, Any]:
         """The rlimits the kernel applies to itself at start-up.
