@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import anyio
 from events.records import NewEvent
 from server.ids import new_id
 from server.runs.engine import ToolResult
-from server.sandbox import InputFile, SandboxLimits, SandboxManager, SandboxUnavailable, sandbox_status
+from server.sandbox import InputFile, OutputFile, SandboxLimits, SandboxManager, SandboxUnavailable, sandbox_status
 from server.sandbox.files import safe_file_name
 from server.services import Services
 
@@ -78,7 +79,7 @@ class CodeInterpreter:
         images: list[str] = []
         paths: dict[str, str] = {}
         for produced in result.files:
-            file_id = await self._store_output(produced.name, produced.data)
+            file_id = await self._store_output(produced)
             if produced.is_image:
                 outputs.append({"type": "image", "image": {"file_id": file_id}})
                 images.append(file_id)
@@ -109,24 +110,31 @@ class CodeInterpreter:
                 files.append(InputFile(name=safe_file_name(doc["filename"], file_id), data=data))
         return files
 
-    async def _store_output(self, name: str, data: bytes) -> str:
+    async def _store_output(self, produced: OutputFile) -> str:
+        """Move the sandbox's output into the file store (streamed: never whole in memory)."""
         file_id = new_id("file-")
         directory = self.svc.settings.files_dir
         directory.mkdir(parents=True, exist_ok=True)
+        name = produced.name
 
         def write() -> None:
             tmp = directory / f"{file_id}.part"
-            with open(tmp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            if produced.path is not None:
+                shutil.move(produced.path, tmp)  # a rename where both are on one filesystem
+                with open(tmp, "rb+") as out:
+                    os.fsync(out.fileno())
+            else:
+                with open(tmp, "wb") as out:
+                    out.write(produced.content or b"")
+                    out.flush()
+                    os.fsync(out.fileno())
             os.replace(tmp, directory / file_id)
 
         await anyio.to_thread.run_sync(write)
         obj = {
             "id": file_id,
             "object": "file",
-            "bytes": len(data),
+            "bytes": produced.size,
             "created_at": int(time.time()),
             "expires_at": None,
             "filename": f"/mnt/data/{name}",

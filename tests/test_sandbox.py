@@ -19,7 +19,6 @@ import pytest_asyncio
 
 from server.sandbox import (
     InputFile,
-    OutputFile,
     SandboxLimits,
     SandboxManager,
     SandboxUnavailable,
@@ -177,7 +176,9 @@ async def test_written_files_are_returned(make_manager: Factory) -> None:
     result = await manager.execute("thread_a", code)
     assert result.error is None, result.logs
     by_name = {f.name: f for f in result.files}
-    assert by_name["report.txt"] == OutputFile("report.txt", b"v1", False)
+    report = by_name["report.txt"]
+    assert (report.name, report.data, report.is_image, report.size) == ("report.txt", b"v1", False, 2)
+    assert report.path is not None and report.path.parent.name == "outgoing"  # a copy, outside /mnt/data
     assert by_name["sub/pic.png"].is_image
     unchanged = await manager.execute("thread_a", "print(open('/mnt/data/report.txt').read())")
     assert unchanged.logs == "v1\n" and unchanged.files == []

@@ -154,28 +154,33 @@ def changed_files(before: Snapshot, after: Snapshot) -> list[str]:
     return names
 
 
-def collect_outputs(data_dir: Path, names: list[str], max_file_bytes: int) -> tuple[list[OutputFile], list[str]]:
-    """Read changed files safely; returns (files, human-readable notes on what was skipped)."""
+def collect_outputs(
+    data_dir: Path, names: list[str], max_file_bytes: int, staging: Path
+) -> tuple[list[OutputFile], list[str]]:
+    """Copy changed files safely into `staging` (streamed); returns (files, notes on what was skipped)."""
     files: list[OutputFile] = []
     notes: list[str] = []
     total = 0
+    staging.mkdir(mode=0o700, exist_ok=True)
     for name in names:
         if len(files) >= MAX_OUTPUT_FILES:
             notes.append(f"[{len(names) - len(files)} more changed files in /mnt/data were not returned]")
             break
-        data = read_data_file(data_dir, name, max_file_bytes)
-        if data is None:
+        target = staging / f"{len(files)}.out"
+        size = copy_data_file(data_dir, name, target, max_file_bytes, MAX_OUTPUT_TOTAL_BYTES - total)
+        if size is None:
             continue
-        if total + len(data) > MAX_OUTPUT_TOTAL_BYTES:
+        if size < 0:
             notes.append(f"[/mnt/data/{name} was not returned: output files exceed {MAX_OUTPUT_TOTAL_BYTES} bytes]")
             continue
-        total += len(data)
-        files.append(OutputFile(name=name, data=data, is_image=is_image_name(name)))
+        total += size
+        files.append(OutputFile(name=name, is_image=is_image_name(name), path=target, size=size))
     return files, notes
 
 
-def read_data_file(data_dir: Path, name: str, max_bytes: int) -> bytes | None:
-    """Read data_dir/name without following any symlink; None if not a regular file."""
+def copy_data_file(data_dir: Path, name: str, target: Path, max_bytes: int, room: int) -> int | None:
+    """Stream data_dir/name (no symlink followed) into `target`: its size, None if it is no regular
+    file of at most max_bytes, -1 if it does not fit in `room`."""
     parts = name.split("/")
     if any(part in {"", ".", ".."} for part in parts):
         return None
@@ -188,11 +193,31 @@ def read_data_file(data_dir: Path, name: str, max_bytes: int) -> bytes | None:
             next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
             os.close(dir_fd)
             dir_fd = next_fd
-        return _read_regular(dir_fd, parts[-1], max_bytes)
+        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dir_fd)
     except OSError:
-        return None
-    finally:
         os.close(dir_fd)
+        return None
+    os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        if st.st_size > room:
+            return -1
+        copied = 0
+        with open(target, "wb") as out:
+            while copied <= max_bytes:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+                copied += len(chunk)
+        if copied > max_bytes or copied > room:
+            target.unlink(missing_ok=True)
+            return None if copied > max_bytes else -1
+        return copied
+    finally:
+        os.close(fd)
 
 
 def _read_regular(dir_fd: int, name: str, max_bytes: int) -> bytes | None:

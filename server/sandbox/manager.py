@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -380,7 +381,10 @@ class SandboxManager:
 
     def _after_call(self, data_dir: Path, before: datafiles.Snapshot) -> tuple[list[OutputFile], list[str]]:
         names = datafiles.changed_files(before, datafiles.snapshot(data_dir))
-        return datafiles.collect_outputs(data_dir, names, self.limits.file_size_bytes)
+        staging = data_dir.parent / "outgoing"  # the server's side: not visible in the sandbox
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)  # copies of an earlier call not taken
+        return datafiles.collect_outputs(data_dir, names, self.limits.file_size_bytes, staging)
 
     def _interpret(self, session: _Session, outcome: CallOutcome) -> tuple[str | None, str | None]:
         """The call's error line and a note for the logs when the kernel was lost."""
@@ -423,5 +427,5 @@ class SandboxManager:
                 png = base64.b64decode(data, validate=True)
             except (binascii.Error, ValueError):
                 continue
-            figures.append(OutputFile(name=os.path.basename(name), data=png, is_image=True))
+            figures.append(OutputFile(name=os.path.basename(name), is_image=True, content=png, size=len(png)))
         return figures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp"})
 
@@ -24,11 +25,26 @@ class InputFile:
 
 @dataclass(frozen=True)
 class OutputFile:
-    """A file the code wrote (new or changed) under /mnt/data, or a figure from plt.show()."""
+    """A file the code wrote (new or changed) under /mnt/data, or a figure from plt.show().
+
+    A written file is handed over as `path`: a copy the server made, outside the sandbox,
+    by streaming (never whole in memory), to be moved into the file store. A figure comes
+    as `content`.
+    """
 
     name: str  # relative to /mnt/data
-    data: bytes
     is_image: bool  # png/jpeg/gif/webp
+    content: bytes | None = None
+    path: Path | None = None
+    size: int = 0
+
+    @property
+    def data(self) -> bytes:
+        """The bytes (read from the copy if need be; for tests and small files)."""
+        if self.content is not None:
+            return self.content
+        assert self.path is not None
+        return self.path.read_bytes()
 
 
 @dataclass(frozen=True)
