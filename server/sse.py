@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from events.records import StoredEvent
+from events.records import StoredEvent, encode
 from events.store import EventStore
 
 __all__ = ["OPENAI_STREAM_EVENTS", "batched", "encode_item", "run_stream", "run_stream_response"]
@@ -71,15 +71,22 @@ async def run_stream(
     after: int,
     stop_at_requires_action: bool = True,
     prefix: Sequence[StoredEvent] = (),
+    redact: frozenset[str] = frozenset(),
 ) -> AsyncIterator[dict[str, str]]:
-    """The run's events after `after` as SSE items, then `done` once the run ends (or pauses)."""
+    """The run's events after `after` as SSE items, then `done` once the run ends (or pauses).
+
+    Messages named in `redact` (deleted since) are replayed without their content.
+    """
     for event in prefix:
         yield _item(event)
         after = max(after, event.sequence)
     async for event in store.subscribe(after=after, run_id=run_id):
         if event.type not in OPENAI_STREAM_EVENTS:
             continue
-        yield _item(event)
+        if redact and event.type.startswith("thread.message.") and event.data.get("id") in redact:
+            yield _redacted(event)
+        else:
+            yield _item(event)
         if event.type in _RUN_END or (stop_at_requires_action and event.type == _PAUSE):
             break
     yield {"event": "done", "data": "[DONE]"}
@@ -92,9 +99,12 @@ def run_stream_response(
     after: int,
     stop_at_requires_action: bool = True,
     prefix: Sequence[StoredEvent] = (),
+    redact: frozenset[str] = frozenset(),
 ) -> EventSourceResponse:
     # The run lives on without the client: closing the connection only stops this reader.
-    items = run_stream(store, run_id, after=after, stop_at_requires_action=stop_at_requires_action, prefix=prefix)
+    items = run_stream(
+        store, run_id, after=after, stop_at_requires_action=stop_at_requires_action, prefix=prefix, redact=redact
+    )
     return EventSourceResponse(batched(items), ping=_PING_S, ping_message_factory=_KeepAlive)
 
 
@@ -155,3 +165,12 @@ def encode_item(item: dict[str, str]) -> bytes:
 
 def _item(event: StoredEvent) -> dict[str, str]:
     return {"id": str(event.sequence), "event": event.type, "data": event.data_json}
+
+
+def _redacted(event: StoredEvent) -> dict[str, str]:
+    data = dict(event.data)
+    if "content" in data:
+        data["content"] = []
+    if isinstance(data.get("delta"), dict):
+        data["delta"] = {**data["delta"], "content": []}
+    return {"id": str(event.sequence), "event": event.type, "data": encode(data)}

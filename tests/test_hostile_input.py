@@ -238,3 +238,15 @@ def test_connections_whose_headers_never_finish_are_dropped(upstream: RunningUps
         assert httpx.get(f"{server.root_url}/healthz", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_run_replay_does_not_serve_a_deleted_message(http: httpx.Client, sdk: OpenAI, assistant: Any) -> None:
+    thread_id = thread_with(sdk, "say: the secret answer")
+    run = poll_run(sdk, thread_id, assistant)
+    (answer,) = assistant_text(sdk, thread_id, run.id)
+    replay = http.get(f"/threads/{thread_id}/runs/{run.id}/events").text
+    assert "secret" in replay and "thread.run.completed" in replay
+    sdk.beta.threads.messages.delete(answer.id, thread_id=thread_id)
+    replay = http.get(f"/threads/{thread_id}/runs/{run.id}/events").text
+    assert "secret" not in replay
+    assert "thread.message.delta" in replay and "thread.run.completed" in replay

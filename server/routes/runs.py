@@ -311,7 +311,18 @@ async def stream_run_events(request: Request) -> Response:
     else:
         after = sequence_param(request.query_params.get("after"), "after")
     stop = request.query_params.get("until") == "requires_action"
-    return run_stream_response(svc.store, p["run_id"], after=after, stop_at_requires_action=stop)
+    redact = await _deleted_messages(svc, p["run_id"])
+    return run_stream_response(svc.store, p["run_id"], after=after, stop_at_requires_action=stop, redact=redact)
+
+
+async def _deleted_messages(svc: Services, run_id: str) -> frozenset[str]:
+    """Ids of the run's messages deleted since: a replay must not serve their text again."""
+    rows = await svc.store.reader.execute_fetchall(
+        "SELECT DISTINCT json_extract(data, '$.id') FROM events WHERE run_id = ? AND type = 'thread.message.created'",
+        (run_id,),
+    )
+    ids = [str(row[0]) for row in rows if row[0] is not None]
+    return frozenset([i for i in ids if not await svc.views.exists("message", i)])
 
 
 routes = [
