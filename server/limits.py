@@ -10,12 +10,13 @@ responding, and uvicorn then closes the client's keep-alive connection.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import APIError, error_response
 
-__all__ = ["BodyLimit", "CatchAll"]
+__all__ = ["BodyLimit", "CatchAll", "limited_receive"]
 
 logger = logging.getLogger("threadlog")
 
@@ -45,18 +46,23 @@ class BodyLimit:
             if size > limit:
                 await _respond(scope, send, _too_large(limit))
                 return
-        received = 0
+        await self.app(scope, limited_receive(receive, limit, lambda: _too_large(limit)), send)
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _too_large(limit)
-            return message
 
-        await self.app(scope, counting_receive, send)
+def limited_receive(receive: Receive, limit: int, too_large: Callable[[], Exception]) -> Receive:
+    """`receive`, raising `too_large()` once more than `limit` body bytes have arrived."""
+    received = 0
+
+    async def counting() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise too_large()
+        return message
+
+    return counting
 
 
 class CatchAll:

@@ -15,11 +15,11 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message
 
 from events.records import NewEvent
 from server.errors import APIError, bad_request, not_found
 from server.ids import new_id
+from server.limits import limited_receive
 from server.services import Services, services
 
 __all__ = ["file_path", "read_file_bytes", "routes"]
@@ -42,19 +42,7 @@ class _TooLarge(Exception):
 
 def _limited(request: Request, limit: int) -> Request:
     """The request with a body reader that stops at `limit` bytes, before reading it all."""
-    received = 0
-    receive = request.receive
-
-    async def limited_receive() -> Message:
-        nonlocal received
-        message = await receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise _TooLarge()
-        return message
-
-    return Request(request.scope, limited_receive)
+    return Request(request.scope, limited_receive(request.receive, limit, _TooLarge))
 
 
 async def upload_file(request: Request) -> JSONResponse:
