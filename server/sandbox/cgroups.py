@@ -73,6 +73,8 @@ class SessionCgroups:
         for attempt in (_open_v2, _open_v1):
             try:
                 kind, parents = attempt(name)
+                for parent in parents:
+                    _remove_stale(parent)
                 return cls(kind, parents, None)
             except (OSError, ValueError) as exc:
                 errors.append(str(exc))
@@ -145,3 +147,16 @@ def _open_v1(name: str) -> tuple[str, tuple[Path, ...]]:
         parent.mkdir(exist_ok=True)
         parents.append(parent)
     return "v1", tuple(parents)
+
+
+def _remove_stale(parent: Path) -> None:
+    """Empty session cgroups left by servers that were killed (an rmdir fails where processes remain)."""
+    for sibling in parent.parent.glob("threadlog-*"):
+        if sibling == parent or not sibling.is_dir():
+            continue
+        for child in sibling.iterdir():
+            if child.is_dir():
+                with contextlib.suppress(OSError):
+                    child.rmdir()
+        with contextlib.suppress(OSError):
+            sibling.rmdir()
