@@ -150,9 +150,10 @@ def _open_v1(name: str) -> tuple[str, tuple[Path, ...]]:
 
 
 def _remove_stale(parent: Path) -> None:
-    """Empty session cgroups left by servers that were killed (an rmdir fails where processes remain)."""
+    """Session cgroups left by servers that were killed (named threadlog-<pid>, that pid gone)."""
     for sibling in parent.parent.glob("threadlog-*"):
-        if sibling == parent or not sibling.is_dir():
+        owner = sibling.name.removeprefix("threadlog-")
+        if sibling == parent or not sibling.is_dir() or not owner.isdigit() or Path(f"/proc/{owner}").exists():
             continue
         for child in sibling.iterdir():
             if child.is_dir():
