@@ -22,10 +22,12 @@ from server.sandbox import (
     SandboxLimits,
     SandboxManager,
     SandboxUnavailable,
+    files,
     sandbox_status,
 )
 from server.sandbox import manager as manager_module
 from server.sandbox.output import OutputCollector, sentinel_bytes
+from server.sandbox.storage import DirectoryStorage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = SandboxLimits(wall_time_s=10.0, cpu_time_s=10, memory_bytes=1 << 30, max_processes=32, idle_expiry_s=600)
@@ -533,28 +535,48 @@ async def test_a_session_s_processes_share_one_memory_cap(make_manager: Factory)
 
 
 @needs_bwrap
-async def test_a_session_s_disk_quota_stops_the_call_that_passes_it(make_manager: Factory, tmp_path: Path) -> None:
-    """Files of 8 MB each, every one under RLIMIT_FSIZE: the call passing 40 MiB is stopped, what it
-    wrote is removed, earlier files stay, and the session goes on."""
+@pytest.mark.parametrize("storage", ["automatic", "directory"])
+async def test_a_session_s_disk_quota_stops_the_call_that_passes_it(
+    make_manager: Factory, tmp_path: Path, storage: str
+) -> None:
+    """Files of 8 MB each, every one under RLIMIT_FSIZE, against a 40 MiB quota. As root the
+    session's /mnt/data is a 40 MiB filesystem: the write past it fails (ENOSPC). As a
+    plain directory the watchdog stops the call and removes what it wrote. Either way
+    earlier files stay and the session goes on."""
     limits = SandboxLimits(wall_time_s=30.0, cpu_time_s=30, disk_quota_bytes=40 << 20, idle_expiry_s=600)
-    manager = make_manager(limits)
-    kept = await manager.execute("quota", "open('/mnt/data/kept.txt', 'w').write('small')")
-    assert kept.error is None
-    writer = (
-        "import os, time\n"
-        "for i in range(30):\n"
-        "    with open(f'/mnt/data/big{i}.bin', 'wb') as f:\n"
-        "        f.write(os.urandom(8 << 20))\n"
-        "    time.sleep(0.05)\n"
-        "print('wrote everything')"
+    manager = SandboxManager(
+        tmp_path / "quota-root", limits, storage=DirectoryStorage() if storage == "directory" else None
     )
-    result = await manager.execute("quota", writer)
-    assert result.error is not None and "disk quota of 40 MiB" in result.error
-    assert "wrote everything" not in result.logs
-    data_dir = manager.work_root / "quota" / "data"
-    assert sorted(os.listdir(data_dir)) == ["kept.txt"]
-    after = await manager.execute("quota", "print(open('/mnt/data/kept.txt').read())")
-    assert after.logs.strip().endswith("small")
+    try:
+        kept = await manager.execute("quota", "open('/mnt/data/kept.txt', 'w').write('small')")
+        assert kept.error is None
+        writer = (
+            "import os, time\n"
+            "for i in range(30):\n"
+            "    with open(f'/mnt/data/big{i}.bin', 'wb') as f:\n"
+            "        f.write(os.urandom(8 << 20))\n"
+            "    time.sleep(0.05)\n"
+            "print('wrote everything')"
+        )
+        result = await manager.execute("quota", writer)
+        assert "wrote everything" not in result.logs
+        data_dir = manager.work_root / "quota" / "data"
+        if os.geteuid() == 0 and storage == "automatic":
+            assert manager.disk_cap.startswith("a 40 MiB ext4 image"), manager.disk_cap
+        if manager.disk_cap.startswith("a 40 MiB ext4 image"):
+            assert "No space left on device" in result.logs
+            assert 0 < files.usage(data_dir) <= 40 << 20
+        else:
+            assert result.error is not None and "disk quota of 40 MiB" in result.error
+            assert sorted(os.listdir(data_dir)) == ["kept.txt"]
+        after = await manager.execute("quota", "print(open('/mnt/data/kept.txt').read())")
+        assert after.logs.strip().endswith("small")
+        mountinfo = await manager.execute("quota", "print(open('/proc/self/mountinfo').read())")
+        assert str(tmp_path) not in mountinfo.logs or storage == "directory"
+        assert "server/sandbox" not in mountinfo.logs
+    finally:
+        await manager.aclose()
+    assert not os.path.ismount(manager.work_root / "quota" / "data")
 
 
 @needs_bwrap

@@ -160,13 +160,13 @@ def count_user_tasks(uid: int) -> int:
 
 
 def _data_fd(content: bytes) -> int:
-    """A pipe read end holding `content`, for bwrap's --ro-bind-data."""
-    read_fd, write_fd = os.pipe()
-    try:
-        os.write(write_fd, content)  # small: always fits the pipe buffer
-    finally:
-        os.close(write_fd)
-    return read_fd
+    """An fd holding `content` from offset 0, for bwrap's --ro-bind-data (a memfd: any size)."""
+    fd = os.memfd_create("threadlog-data", os.MFD_CLOEXEC)
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _etc_files(uid: int, gid: int) -> dict[str, bytes]:
@@ -235,7 +235,10 @@ def bwrap_argv(
                 argv += ["--perms", "0755", "--dir", text]
     for root in roots:
         argv += ["--ro-bind", root, root]
-    argv += ["--ro-bind", str(KERNEL_SCRIPT), SANDBOX_KERNEL]
+    # The kernel's source as data, not a bind of its host path (which mountinfo would show).
+    kernel_fd = _data_fd(KERNEL_SCRIPT.read_bytes())
+    fds.append(kernel_fd)
+    argv += ["--perms", "0444", "--ro-bind-data", str(kernel_fd), SANDBOX_KERNEL]
     if data_dir is not None:
         argv += ["--bind", str(data_dir), SANDBOX_DATA, "--chdir", SANDBOX_DATA]
     else:

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from .launch import (
 from .limits import SandboxLimits
 from .process import CallOutcome, KernelProcess, KernelStartError
 from .results import ExecutionResult, InputFile, OutputFile, SandboxUnavailable
+from .storage import DirectoryStorage, SessionStorage, storage_for
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,9 @@ class SandboxManager:
         work_root: Path,
         limits: SandboxLimits = SandboxLimits(),  # noqa: B008 - frozen, so sharing the default is safe
         allow_unsandboxed: bool = False,
+        storage: SessionStorage | None = None,
     ) -> None:
+        """`storage` None picks loop-mounted images where they work (see storage.py)."""
         self.work_root = Path(os.path.abspath(work_root))
         self.limits = limits
         self.allow_unsandboxed = allow_unsandboxed
@@ -90,6 +94,8 @@ class SandboxManager:
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
         self._cgroups: SessionCgroups | None = None
+        self._storage: SessionStorage = storage or DirectoryStorage()
+        self._storage_chosen = storage is not None
 
     # --- public API -------------------------------------------------------
     async def execute(self, session_id: str, code: str, input_files: Sequence[InputFile] = ()) -> ExecutionResult:
@@ -140,6 +146,14 @@ class SandboxManager:
             await asyncio.to_thread(self._cgroups.close)
 
     @property
+    def disk_cap(self) -> str:
+        """How a session's disk quota is enforced (after the first call has chosen the storage)."""
+        quota = self.limits.disk_quota_bytes >> 20
+        if self._storage.kind == "loop":
+            return f"a {quota} MiB ext4 image per session (loop-mounted at /mnt/data)"
+        return f"{quota} MiB per session, measured every {DISK_CHECK_S:g}s while a call runs"
+
+    @property
     def memory_cap(self) -> str:
         """Which cap on a whole session's memory is in force (for the logs and the README's claim)."""
         limits = self.limits
@@ -185,6 +199,8 @@ class SandboxManager:
         cgroup, session.cgroup = session.cgroup, None
         if cgroup is not None:
             await asyncio.to_thread(cgroup.remove)
+        if kernel is not None:
+            await asyncio.to_thread(self._storage.detach, session.data_dir.parent)
 
     async def _ensure_mode(self) -> Mode:
         if self._mode is not None:
@@ -198,6 +214,8 @@ class SandboxManager:
                     f"work_root {self.work_root} overlaps {bound}, which every sandbox can read; move it elsewhere"
                 )
             self._mode = preferred
+            if not self._storage_chosen:
+                self._storage = await asyncio.to_thread(storage_for, preferred == "privileged")
         elif self.allow_unsandboxed:
             log.warning("code_interpreter runs UNSANDBOXED (operator opt-in): %s", reason)
             self._mode = "unsandboxed"
@@ -258,6 +276,10 @@ class SandboxManager:
         extra = 0
         if mode != "privileged":
             extra = await asyncio.to_thread(count_user_tasks, os.getuid())
+        try:
+            await asyncio.to_thread(self._storage.attach, session.data_dir.parent, self.limits.disk_quota_bytes)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("session %s: /mnt/data is a plain directory: %s", session.session_id, exc)
         await asyncio.to_thread(self._prepare_dirs, session.data_dir, owner)
         cgroup = None
         if self.limits.session_memory_bytes is not None:
@@ -341,8 +363,8 @@ class SandboxManager:
         return ExecutionResult(logs=logs, files=files, error=error, duration_s=time.perf_counter() - started)
 
     def _disk_refusal(self, data_dir: Path) -> str | None:
-        """Why no call may start now: the disk holding the event log is nearly full."""
-        free = datafiles.free_bytes(data_dir.parent if not data_dir.exists() else data_dir)
+        """Why no call may start now: the disk holding the sandboxes (and the event log) is nearly full."""
+        free = datafiles.free_bytes(self.work_root if self.work_root.exists() else self.work_root.parent)
         if free < self.limits.disk_reserve_bytes:
             return (
                 f"The server's disk is nearly full ({free >> 20} MiB free, {self.limits.disk_reserve_bytes >> 20} "
@@ -357,7 +379,7 @@ class SandboxManager:
         while True:
             await asyncio.sleep(DISK_CHECK_S)
             used = await asyncio.to_thread(datafiles.usage, session.data_dir)
-            free = await asyncio.to_thread(datafiles.free_bytes, session.data_dir)
+            free = await asyncio.to_thread(datafiles.free_bytes, self.work_root)  # the event log's disk
             reason = None
             if used > limits.disk_quota_bytes and used > start:
                 reason = (
