@@ -116,10 +116,11 @@ async def disk(tmp: Path) -> None:
         watcher.cancel()
         left = datafiles.usage(data_dir)
         delay = f"{(stopped - passed_at) * 1000:.0f} ms" if passed_at is not None else "n/a"
+        print(f"disk: enforced as {manager.disk_cap}")
         print(
             f"disk: quota 256 MiB, writing 16 MiB files: peak on disk {peak / 2**20:.0f} MiB "
             f"(overshoot {(peak - quota) / 2**20:.0f} MiB), quota passed -> call stopped in {delay}, "
-            f"{left / 2**20:.0f} MiB left after clean-up; error: {result.error}"
+            f"{left / 2**20:.0f} MiB left after the call; error: {(result.error or '').splitlines()[-1:]}"
         )
     finally:
         watcher.cancel()

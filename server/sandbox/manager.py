@@ -216,6 +216,7 @@ class SandboxManager:
             self._mode = preferred
             if not self._storage_chosen:
                 self._storage = await asyncio.to_thread(storage_for, preferred == "privileged")
+            log.info("code_interpreter disk quota: %s", self.disk_cap)
         elif self.allow_unsandboxed:
             log.warning("code_interpreter runs UNSANDBOXED (operator opt-in): %s", reason)
             self._mode = "unsandboxed"
