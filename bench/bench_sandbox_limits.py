@@ -6,9 +6,9 @@ Prints (no assertions):
 * memory: which cap is in force; 3 children of 300 MB each under a 512 MiB session cap
   (each under the 1 GiB per-process limit): their exit codes and the session's peak
   memory as the cgroup recorded it, against the cap;
-* disk: a call writing 16 MiB files as fast as it can against a 256 MiB quota: bytes on
-  disk when it was stopped (the overshoot), time from passing the quota to the stop,
-  bytes left after the clean-up;
+* disk: how the quota is enforced (an image per session as root, else a watchdog), then a
+  call writing 16 MiB files as fast as it can against a 256 MiB quota: peak bytes on disk,
+  time from passing the quota to the stop (watchdog), bytes left after the call;
 * sessions: `--sessions` threads each running one call with `--max-sessions` allowed:
   live kernels at the end and their total RSS (from /proc), against what every session
   kept alive would hold.
