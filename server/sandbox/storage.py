@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _MKFS = ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E", "lazy_itable_init=1,nodiscard"]
 _TIMEOUT_S = 30
+_UNMOUNT_WAIT_S = 10.0
 
 
 class SessionStorage(Protocol):
@@ -74,16 +76,28 @@ class LoopStorage:
                 (data / "lost+found").rmdir()
             return data
         data.mkdir(exist_ok=True)
+        _wait_released(image)
         _mount(image, data)
         return data
 
     def detach(self, session_dir: Path) -> None:
+        """Unmount, retrying while the dead sandbox's mount namespace still holds the mount.
+
+        The kernel releases a namespace's mounts shortly after its last process exits
+        (deferred work), so an unmount right after the sandbox died can be refused as busy.
+        A lazy unmount would leave the old filesystem alive while the next attach mounts the
+        image again, and two live mounts of one image lose writes: retry instead.
+        """
         data = session_dir / "data"
-        if not os.path.ismount(data):
-            return
-        done = subprocess.run(["umount", str(data)], capture_output=True, timeout=_TIMEOUT_S)
-        if done.returncode != 0:  # still busy: detach now, free when the last user goes
-            subprocess.run(["umount", "-l", str(data)], capture_output=True, timeout=_TIMEOUT_S)
+        deadline = time.monotonic() + _UNMOUNT_WAIT_S
+        while os.path.ismount(data):
+            done = subprocess.run(["umount", str(data)], capture_output=True, timeout=_TIMEOUT_S)
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                log.warning("could not unmount %s: %s", data, done.stderr.decode(errors="replace").strip())
+                return
+            time.sleep(0.05)
 
 
 def storage_for(privileged: bool) -> SessionStorage:
@@ -111,6 +125,18 @@ def _loop_unavailable() -> str | None:
             return str(exc)
         subprocess.run(["umount", str(target)], capture_output=True, timeout=_TIMEOUT_S)
     return None
+
+
+def _wait_released(image: Path) -> None:
+    """Wait until no loop device still holds `image` (an earlier mount being torn down)."""
+    deadline = time.monotonic() + _UNMOUNT_WAIT_S
+    while True:
+        held = subprocess.run(["losetup", "-j", str(image)], capture_output=True, timeout=_TIMEOUT_S)
+        if held.returncode != 0 or not held.stdout.strip():
+            return
+        if time.monotonic() > deadline:
+            raise OSError(f"{image.name} is still held by {held.stdout.decode(errors='replace').strip()}")
+        time.sleep(0.05)
 
 
 def _make_image(image: Path, size: int) -> None:
