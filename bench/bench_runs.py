@@ -30,6 +30,8 @@ Measures, and prints beside the goals:
 4. 500 concurrent streaming runs in one process: errors (goal 0), p99 gap between deltas
    of a run (against the upstream's pacing), and the server process's peak RSS (VmHWM,
    reset before this section where the kernel allows it).
+5. time to first token over the upstream's own, p50/p99 (goal <= 3 / 15 ms): run create ->
+   first text delta at the client, minus request -> first token straight from the upstream.
 
 The client is a minimal HTTP/1.1 client on asyncio streams (keep-alive, chunked bodies), so
 that the benchmark measures the server rather than a client library's parsing. The load
@@ -508,6 +510,56 @@ async def first_byte(bench: Bench, n: int, warmup: int) -> dict[str, float]:
     return {"p50": pct(samples, 50), "p99": pct(samples, 99), "n": len(samples), "mean": statistics.fmean(samples)}
 
 
+# ------------------------------------------------------------- 5. time to first token
+
+
+async def time_to_first_token(bench: Bench, n: int, warmup: int) -> dict[str, float]:
+    """Run create -> first text delta at the client, minus the same for a direct upstream request.
+
+    The upstream answers at once, so what is left is what Threadlog adds before the model's
+    first token reaches the client: the run's opening events, the prompt, the upstream
+    request, the relay of the first delta.
+    """
+    up = bench.upstream
+    threads = await bench.threads([up.long_text(1)] * (n + warmup))
+    conn = await bench.conn()
+    via: list[float] = []
+    for i, thread_id in enumerate(threads):
+        start = first = None
+        async for at, chunk in conn.stream("POST", f"/v1/threads/{thread_id}/runs", bench.run_body()):
+            if start is None:
+                start = at
+                continue
+            if first is None and b"event: thread.message.delta" in chunk:
+                first = at
+        assert start is not None and first is not None
+        if i >= warmup:
+            via.append((first - start) * 1000)
+    await conn.close()
+    direct: list[float] = []
+    upc = await Conn(up.host, up.port).open()
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": up.long_text(1)}]}
+    for i in range(n + warmup):
+        start = first = None
+        async for at, chunk in upc.stream("POST", "/v1/chat/completions", body):
+            if start is None:
+                start = at
+                continue
+            if first is None and b'"content":"w' in chunk:
+                first = at
+        assert start is not None and first is not None
+        if i >= warmup:
+            direct.append((first - start) * 1000)
+    await upc.close()
+    return {
+        "p50": pct(via, 50) - pct(direct, 50),
+        "p99": pct(via, 99) - pct(direct, 99),
+        "via_p50": pct(via, 50),
+        "direct_p50": pct(direct, 50),
+        "n": len(via),
+    }
+
+
 # --------------------------------------------------------------- 2. per-delta latency
 
 
@@ -729,7 +781,20 @@ async def main_async(args: argparse.Namespace, bench: Bench) -> list[str]:
             summary += min(results, key=lambda result: result[0])[1]
     if "4" in sections:
         summary += await _section_concurrent(args, bench)
+    if "5" in sections:
+        summary += await _section_ttft(args, bench)
     return summary
+
+
+async def _section_ttft(args: argparse.Namespace, bench: Bench) -> list[str]:
+    tt = await time_to_first_token(bench, args.first_byte_runs, warmup=20)
+    print(f"5. time to first token over the upstream's own ({tt['n']:.0f} sequential runs)   [{load()}]")
+    print(f"   p50 {tt['p50']:.2f} ms  [{goal(tt['p50'] <= 3)} goal <= 3 ms]   (via Threadlog {tt['via_p50']:.2f} ms,")
+    print(f"   directly {tt['direct_p50']:.2f} ms); p99 {tt['p99']:.2f} ms  [{goal(tt['p99'] <= 15)} goal <= 15 ms]")
+    return [
+        f"time to first token overhead p50  {tt['p50']:8.2f} ms      goal <= 3 ms       {goal(tt['p50'] <= 3)}",
+        f"time to first token overhead p99  {tt['p99']:8.2f} ms      goal <= 15 ms      {goal(tt['p99'] <= 15)}",
+    ]
 
 
 async def _section_first_byte(args: argparse.Namespace, bench: Bench) -> tuple[float, list[str]]:
@@ -850,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent-runs", type=int, default=500)
     parser.add_argument("--concurrent-tokens", type=int, default=None)
     parser.add_argument("--concurrent-pace-ms", type=int, default=100)
-    parser.add_argument("--sections", default="1,2,3,4", help="which measurements to run, e.g. 1,3")
+    parser.add_argument("--sections", default="1,2,3,4,5", help="which measurements to run, e.g. 1,3")
     parser.add_argument("--repeat", type=int, default=None, help="runs of sections 1-3; the summary shows the best")
     parser.add_argument("--serve-lean-upstream", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -121,8 +121,10 @@ class RunEngine:
     # -- the generator ---------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[NewEvent]:
-        await self._restore_usage()
         run = self.run
+        fresh = run.get("started_at") is None  # never ran: it has no steps, outputs or usage yet
+        if not fresh:
+            await self._restore_usage()
         run["status"] = "in_progress"
         run["started_at"] = run.get("started_at") or now()
         yield run_event(run)
@@ -140,7 +142,7 @@ class RunEngine:
             if turns:
                 await self.barrier()  # the prompt reads this run's own steps and messages
             turns += 1
-            parts, fits = await self._prompt()
+            parts, fits = await self._prompt(own_steps=not (fresh and turns == 1))
             if not fits:
                 for event in self._finish_incomplete("max_prompt_tokens"):
                     yield event
@@ -550,16 +552,19 @@ class RunEngine:
 
     # -- prompt ----------------------------------------------------------------------------
 
-    async def _prompt(self) -> tuple[PromptParts, bool]:
+    async def _prompt(self, own_steps: bool = True) -> tuple[PromptParts, bool]:
+        """The prompt; `own_steps` False skips reading this run's steps (its first turn has none)."""
         run = self.run
         page = await self.views.list("message", parent_id=run["thread_id"], limit=100_000, order="asc")
         names = await self._file_names(page.data)
         history = [thread_message_to_chat(m, names) for m in page.data if m.get("run_id") != run["id"]]
         own = {m["id"]: m for m in page.data if m.get("run_id") == run["id"]}
-        steps = await self.views.list("step", parent_id=run["id"], limit=100_000, order="asc")
-        outputs = await self._tool_outputs()
+        steps_data = []
+        if own_steps:
+            steps_data = (await self.views.list("step", parent_id=run["id"], limit=100_000, order="asc")).data
+        outputs = await self._tool_outputs() if steps_data else {}
         turn: list[dict[str, Any]] = []
-        for step in steps.data:
+        for step in steps_data:
             details = step["step_details"]
             if details["type"] == "message_creation":
                 message = own.get(details["message_creation"]["message_id"])
