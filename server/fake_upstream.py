@@ -48,7 +48,7 @@ CITATION_RE = re.compile(r"【\d+:\d+†[^】]+】")
 DIRECTIVE_RE = re.compile(
     r"^(say|call|search|code|long|chars|slow|fail|usage|chunking|broken|malformed|pause):\s*(.*)$"
 )
-CHUNKINGS = ("openai", "whole", "split", "interleaved", "index-first", "index-zero")
+CHUNKINGS = ("openai", "whole", "split", "interleaved", "index-first", "index-zero", "index-zero-split")
 """How tool calls are cut into chunks, as real providers do it (see `stream_deltas`)."""
 BROKEN = ("random", "json", "done-only", "html")
 MALFORMED = ("bad-escape", "content-object", "choices-string", "delta-list", "surrogate")
@@ -543,7 +543,8 @@ def stream_deltas(
     ``split``-character fragments (cutting escapes and multi-byte characters anywhere);
     ``interleaved`` every head first, then the calls' fragments taking turns;
     ``index-first`` ``index`` (and ``id``) on a call's first chunk only (llama.cpp-style);
-    ``index-zero`` each call whole, all with index 0, told apart by their ids.
+    ``index-zero`` each call whole, all with index 0, told apart by their ids;
+    ``index-zero-split`` every call at index 0 too, in fragments, its id on the first.
     """
     deltas: list[dict[str, Any]] = []
     if emission.content_tokens or not emission.calls:
@@ -572,11 +573,12 @@ def stream_deltas(
                     tool_deltas.append({"index": index, "function": {"arguments": frags[turn]}})
     else:
         for index, call_id, name, arguments in calls:
-            tool_deltas.append(head(index, call_id, name, ""))
+            at = 0 if chunking == "index-zero-split" else index
+            tool_deltas.append(head(at, call_id, name, ""))
             for frag in fragments(arguments):
                 piece: dict[str, Any] = {"function": {"arguments": frag}}
                 if chunking != "index-first":
-                    piece["index"] = index
+                    piece["index"] = at
                 tool_deltas.append(piece)
     for position, call in enumerate(tool_deltas):
         first: dict[str, Any] = {"tool_calls": [call]}

@@ -31,7 +31,8 @@ def _stream(sdk: OpenAI, assistant: Any, text: str) -> tuple[str, Any, Any]:
 
 
 @pytest.mark.parametrize(
-    "chunking", ["openai", "whole", "split:1", "split:7", "interleaved", "index-first", "index-zero"]
+    "chunking",
+    ["openai", "whole", "split:1", "split:7", "interleaved", "index-first", "index-zero", "index-zero-split"],
 )
 def test_tool_calls_chunked_like_each_provider(sdk: OpenAI, assistant: Any, chunking: str) -> None:
     prompt = f"chunking: {chunking}\ncall: get_weather {json.dumps(PARIS)}\ncall: get_time {json.dumps(TOKYO)}"

@@ -749,6 +749,6 @@ def _match_call(calls: list[_Call], tool_call: Any) -> _Call | None:
             if call.upstream_id == upstream_id:
                 return call
         return None
-    if tool_call.index is not None:
-        return next((c for c in calls if c.upstream_index == tool_call.index), None)
+    if tool_call.index is not None:  # the latest call at that index (some reuse index 0 for every call)
+        return next((c for c in reversed(calls) if c.upstream_index == tool_call.index), None)
     return calls[-1] if calls else None
