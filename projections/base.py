@@ -199,8 +199,7 @@ class ViewProjector:
         for event in events:
             streamed = self._streamed.get(event.type)
             if streamed is not None:
-                key = (streamed, str(event.data["id"]))
-                keys = [] if key in self._live else [key]  # a live doc needs no stored base
+                keys = [(streamed, str(event.data["id"]))]  # the stored base (a cache hit while it streams)
             else:
                 keys = self.keys_for(event)
             for key in keys:
