@@ -170,7 +170,7 @@ class ViewProjector:
     schema = VIEWS_SCHEMA
 
     def handles(self, event_type: str) -> bool:
-        return event_type in self._handlers
+        return event_type in self._handlers or event_type in self._streamed
 
     async def position(self, conn: aiosqlite.Connection) -> int:
         return await read_position(conn)

@@ -245,3 +245,26 @@ def test_encoded_items_are_byte_for_byte_sse_starlette(item: dict[str, str]) -> 
 
     expected = ServerSentEvent(data=item["data"], event=item.get("event"), id=item.get("id")).encode()
     assert encode_item(item) == expected
+
+
+def test_a_message_read_while_it_streams_has_the_text_so_far(sdk: OpenAI, assistant: Any) -> None:
+    """Stored views fold no deltas: reads of a streaming message merge them (projections/live.py)."""
+    thread_id = thread_with(sdk, "long: 150\nslow: 20")
+    run = sdk.beta.threads.runs.create(thread_id=thread_id, assistant_id=assistant.id)
+    seen: list[int] = []
+    for _ in range(500):
+        messages = assistant_text(sdk, thread_id, run.id)
+        if messages and messages[0].status == "in_progress":
+            words = message_value(messages[0]).split()
+            assert words == [f"w{i}" for i in range(1, len(words) + 1)]
+            if words and (not seen or len(words) > seen[-1]):
+                seen.append(len(words))
+            retrieved = sdk.beta.threads.messages.retrieve(messages[0].id, thread_id=thread_id)
+            assert message_value(retrieved).split()[: len(words)] == words
+        if len(seen) >= 3 or (messages and messages[0].status != "in_progress"):
+            break
+    assert len(seen) >= 3, seen  # read three times mid-stream, each time longer
+    final = wait_run(sdk, thread_id, run.id)
+    assert final.status == "completed"
+    (message,) = assistant_text(sdk, thread_id, run.id)
+    assert message_value(message).split() == [f"w{i}" for i in range(1, 151)]
