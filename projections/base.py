@@ -203,7 +203,12 @@ class ViewProjector:
             else:
                 keys = self.keys_for(event)
             for key in keys:
-                if key not in self._pending and key not in loaded:
+                if key in self._pending or key in loaded:
+                    continue
+                if key in self._cache:  # the usual case while a run streams: no await per delta
+                    self._cache.move_to_end(key)
+                    loaded[key] = self._cache[key]
+                else:
                     loaded[key] = await self._load(conn, key)
 
         def lookup(key: ViewKey) -> View | None:
