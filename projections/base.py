@@ -198,10 +198,8 @@ class ViewProjector:
         loaded: dict[ViewKey, View | None] = {}
         for event in events:
             streamed = self._streamed.get(event.type)
-            if streamed is not None:
-                keys = [(streamed, str(event.data["id"]))]  # the stored base (a cache hit while it streams)
-            else:
-                keys = self.keys_for(event)
+            # A delta needs its stored base (a cache hit while it streams); other events their folds' views.
+            keys = [(streamed, str(event.data["id"]))] if streamed is not None else self.keys_for(event)
             for key in keys:
                 if key in self._pending or key in loaded:
                     continue
