@@ -21,6 +21,7 @@ from server.ids import new_id
 from server.runs.engine import ToolResult
 from server.sandbox import InputFile, OutputFile, SandboxLimits, SandboxManager, SandboxUnavailable, sandbox_status
 from server.sandbox.files import safe_file_name
+from server.sandbox.pyimage import release_image
 from server.services import Services
 
 __all__ = ["CodeInterpreter"]
@@ -59,6 +60,7 @@ class CodeInterpreter:
     async def aclose(self) -> None:
         if self.sandboxes is not None:
             await self.sandboxes.aclose()
+            await anyio.to_thread.run_sync(release_image)
 
     async def run(self, arguments: dict[str, Any], run: dict[str, Any]) -> ToolResult:
         assert self.sandboxes is not None

@@ -588,3 +588,31 @@ async def test_no_call_runs_when_the_disk_is_nearly_full(make_manager: Factory) 
     assert result.error is not None and "disk is nearly full" in result.error
     assert "ran" not in result.logs
     assert not (manager.work_root / "full" / "data" / "x").exists()
+
+
+@needs_bwrap
+async def test_mountinfo_shows_no_host_paths(make_manager: Factory, tmp_path: Path) -> None:
+    """The interpreter comes from its image, /mnt/data from its own filesystem, the kernel from
+    a memfd: the sandbox's mount table names none of the server's host paths."""
+    from server.sandbox import pyimage
+
+    if os.geteuid() == 0 and (os.environ.get("CI") == "true" or (Path(sys.prefix) / pyimage.IMAGE_NAME).exists()):
+        assert pyimage.image_root() is not None, "scripts/install should have built the interpreter image"
+    if pyimage.image_root() is None:
+        pytest.skip("no interpreter image here (not root, or scripts/install could not build it)")
+    manager = make_manager()
+    result = await manager.execute(
+        "paths", "import sys\nprint(sys.prefix, sys.executable)\nprint(open('/proc/self/mountinfo').read())"
+    )
+    assert result.error is None, result.logs
+    assert result.logs.splitlines()[0] == "/opt/venv /opt/venv/bin/python3"
+    host = {
+        os.path.realpath(sys.prefix),
+        os.path.realpath(sys.base_prefix),
+        str(Path(__file__).resolve().parents[1]),
+        str(tmp_path),
+    }
+    for path in host:
+        assert path not in result.logs, f"{path} is visible in the sandbox's mountinfo"
+    numbers = await manager.execute("paths", "import numpy, pandas, matplotlib\nprint(int(numpy.ones(3).sum()))")
+    assert numbers.logs.strip() == "3"

@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from . import seccomp
+from . import pyimage, seccomp
 
 Mode = Literal["privileged", "userns", "unsandboxed"]
 
@@ -107,6 +107,41 @@ def python_roots() -> tuple[tuple[str, ...], str]:
             continue
         kept.append(root)
     return tuple(kept), executable
+
+
+SANDBOX_PYTHON = "/opt/python"  # the interpreter's installation, inside the sandbox (from the image)
+SANDBOX_VENV = "/opt/venv"  # the virtualenv, inside the sandbox (from the image)
+
+
+@dataclass(frozen=True)
+class PythonLayout:
+    """How the interpreter appears inside the sandbox: what is bound where, and what to run."""
+
+    binds: tuple[tuple[str, str], ...]  # (source, sandbox path), read-only
+    files: tuple[tuple[str, bytes], ...]  # (sandbox path, content)
+    executable: str  # inside the sandbox
+    bin_dirs: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+
+
+def python_layout(image: pyimage.ImageRoot | None) -> PythonLayout:
+    """From the mounted image (see pyimage.py) at /opt/python and /opt/venv, else the host's own paths."""
+    if image is None:
+        roots, executable = python_roots()
+        bin_dirs = tuple(dict.fromkeys([os.path.dirname(executable), os.path.join(sys.base_prefix, "bin")]))
+        return PythonLayout(tuple((root, root) for root in roots), (), executable, bin_dirs, ())
+    name = os.path.basename(os.path.realpath(sys.executable))
+    binds = [(str(image.base), SANDBOX_PYTHON)]
+    # libpython's RUNPATH names its host directory; the sandbox's comes first.
+    env = (("LD_LIBRARY_PATH", f"{SANDBOX_PYTHON}/lib"),)
+    if image.venv_lib is None:
+        executable = f"{SANDBOX_PYTHON}/bin/{name}"
+        return PythonLayout(tuple(binds), (), executable, (f"{SANDBOX_PYTHON}/bin",), env)
+    executable = f"{SANDBOX_VENV}/bin/python3"
+    binds += [(str(image.venv_lib), f"{SANDBOX_VENV}/lib"), (str(image.base / "bin" / name), executable)]
+    config = f"home = {SANDBOX_PYTHON}/bin\ninclude-system-site-packages = false\nversion = {sys.version.split()[0]}\n"
+    files = ((f"{SANDBOX_VENV}/pyvenv.cfg", config.encode()),)
+    return PythonLayout(tuple(binds), files, executable, (f"{SANDBOX_VENV}/bin", f"{SANDBOX_PYTHON}/bin"), env)
 
 
 def _under(path: str, parent: str) -> bool:
@@ -192,7 +227,7 @@ def bwrap_argv(
     `data_dir` None builds the probe command (no /mnt/data).
     """
     bwrap = shutil.which("bwrap") or "bwrap"
-    roots, executable = python_roots()
+    layout = python_layout(pyimage.image_root())
     fds: list[int] = []
     argv = [bwrap]
     if mode == "privileged":
@@ -226,15 +261,20 @@ def bwrap_argv(
     # bwrap would create missing parents 0700 (root-owned in privileged mode):
     # create each explicitly world-traversable.
     made: set[str] = {"/", "/usr", "/etc", "/tmp", "/dev", "/proc"}
-    targets = [*roots, SANDBOX_KERNEL] + ([SANDBOX_DATA] if data_dir is not None else [])
+    targets = [dest for _, dest in layout.binds] + [dest for dest, _ in layout.files] + [SANDBOX_KERNEL]
+    targets += [SANDBOX_DATA] if data_dir is not None else []
     for target in targets:
         for parent in reversed(Path(target).parents):
             text = str(parent)
             if text not in made:
                 made.add(text)
                 argv += ["--perms", "0755", "--dir", text]
-    for root in roots:
-        argv += ["--ro-bind", root, root]
+    for source, dest in layout.binds:
+        argv += ["--ro-bind", source, dest]
+    for dest, content in layout.files:
+        fd = _data_fd(content)
+        fds.append(fd)
+        argv += ["--perms", "0644", "--ro-bind-data", str(fd), dest]
     # The kernel's source as data, not a bind of its host path (which mountinfo would show).
     kernel_fd = _data_fd(KERNEL_SCRIPT.read_bytes())
     fds.append(kernel_fd)
@@ -249,15 +289,14 @@ def bwrap_argv(
         fds.append(seccomp_fd)
         argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--clearenv"]
-    bin_dirs = list(dict.fromkeys([os.path.dirname(executable), os.path.join(sys.base_prefix, "bin")]))
-    for key, value in kernel_env(bin_dirs).items():
+    for key, value in [*kernel_env(list(layout.bin_dirs)).items(), *layout.env]:
         argv += ["--setenv", key, value]
     argv += ["--"]
     if mode == "privileged":
         setpriv = os.path.realpath(shutil.which("setpriv") or "/usr/bin/setpriv")
         argv += [setpriv, f"--reuid={inner_uid}", f"--regid={inner_gid}", "--clear-groups"]
         argv += ["--inh-caps=-all", "--bounding-set=-all", "--"]
-    argv += [executable, "-I", *kernel_args]
+    argv += [layout.executable, "-I", *kernel_args]
     return argv, fds
 
 
