@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from events.records import StoredEvent, encode
 from events.store import EventStore
 
-__all__ = ["OPENAI_STREAM_EVENTS", "batched", "encode_item", "run_stream", "run_stream_response"]
+__all__ = ["OPENAI_STREAM_EVENTS", "batched", "encode_item", "run_stream", "run_stream_response", "without_content"]
 
 _RUN_END = {
     "thread.run.completed",
@@ -168,9 +169,14 @@ def _item(event: StoredEvent) -> dict[str, str]:
 
 
 def _redacted(event: StoredEvent) -> dict[str, str]:
-    data = dict(event.data)
+    return {"id": str(event.sequence), "event": event.type, "data": encode(without_content(event.data))}
+
+
+def without_content(data: dict[str, Any]) -> dict[str, Any]:
+    """A message event's payload (snapshot or delta) with its content taken out."""
+    data = dict(data)
     if "content" in data:
         data["content"] = []
     if isinstance(data.get("delta"), dict):
         data["delta"] = {**data["delta"], "content": []}
-    return {"id": str(event.sequence), "event": event.type, "data": encode(data)}
+    return data

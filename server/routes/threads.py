@@ -15,6 +15,7 @@ from server.http import parse_body, sequence_param
 from server.ids import new_id
 from server.models.threads import CreateThread, ModifyThread
 from server.services import Services, services
+from server.sse import without_content
 from server.threads import (
     active_run,
     append_decided,
@@ -136,12 +137,7 @@ async def _redacted(svc: Services, events: list[StoredEvent]) -> list[dict[str, 
     for event in events:
         public = event.as_public()
         if event.type.startswith("thread.message.") and event.data.get("id") in deleted:
-            data = dict(public["data"])
-            if "content" in data:
-                data["content"] = []
-            if isinstance(data.get("delta"), dict):
-                data["delta"] = {**data["delta"], "content": []}
-            public["data"] = data
+            public["data"] = without_content(public["data"])
             public["redacted"] = True
         out.append(public)
     return out

@@ -9,8 +9,8 @@ outside. Where cgroups cannot be made, `SessionCgroups.open` says why and the ma
 falls back to an address-space budget divided over the process limit (see
 SandboxLimits.kernel_rlimits).
 
-Both cgroup versions sit behind one interface, `SessionCgroups`; `_V2` and `_V1` differ
-only in file names and in where the server's own cgroup is.
+Both cgroup versions sit behind one interface, `SessionCgroups`; `_open_v2` and `_open_v1`
+find where session cgroups live, and `create` differs only in file names.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ class SessionCgroup:
     """One session's cgroup(s): where to enter, and what they report."""
 
     dirs: tuple[Path, ...]  # v2: one; v1: the memory and the pids hierarchy's
-    memory_file: Path
     peak_file: Path | None
 
     def wrap(self, argv: list[str]) -> list[str]:
@@ -92,20 +91,15 @@ class SessionCgroups:
                 (dirs[0] / "memory.swap.max").write_text("0")
             (dirs[0] / "pids.max").write_text(str(max_processes))
             peak = dirs[0] / "memory.peak"
-            return SessionCgroup(dirs, dirs[0] / "memory.max", peak if peak.exists() else None)
+            return SessionCgroup(dirs, peak if peak.exists() else None)
         memory, pids = dirs
         (memory / "memory.limit_in_bytes").write_text(str(memory_bytes))
         (pids / "pids.max").write_text(str(max_processes))
-        return SessionCgroup(dirs, memory / "memory.limit_in_bytes", memory / "memory.max_usage_in_bytes")
+        return SessionCgroup(dirs, memory / "memory.max_usage_in_bytes")
 
     def close(self) -> None:
         for parent in self.parents:
-            for child in parent.iterdir() if parent.is_dir() else ():
-                if child.is_dir():
-                    with contextlib.suppress(OSError):
-                        child.rmdir()
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+            _remove_tree(parent)
 
 
 def _own_cgroup(controller: str | None) -> str:
@@ -155,9 +149,16 @@ def _remove_stale(parent: Path) -> None:
         owner = sibling.name.removeprefix("threadlog-")
         if sibling == parent or not sibling.is_dir() or not owner.isdigit() or Path(f"/proc/{owner}").exists():
             continue
-        for child in sibling.iterdir():
-            if child.is_dir():
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-        with contextlib.suppress(OSError):
-            sibling.rmdir()
+        _remove_tree(sibling)
+
+
+def _remove_tree(directory: Path) -> None:
+    """Remove a cgroup and its (empty) session cgroups; one that still has processes stays."""
+    if not directory.is_dir():
+        return
+    for child in directory.iterdir():
+        if child.is_dir():
+            with contextlib.suppress(OSError):
+                child.rmdir()
+    with contextlib.suppress(OSError):
+        directory.rmdir()

@@ -181,23 +181,16 @@ def collect_outputs(
 def copy_data_file(data_dir: Path, name: str, target: Path, max_bytes: int, room: int) -> int | None:
     """Stream data_dir/name (no symlink followed) into `target`: its size, None if it is no regular
     file of at most max_bytes, -1 if it does not fit in `room`."""
-    parts = name.split("/")
-    if any(part in {"", ".", ".."} for part in parts):
+    opened = _open_parent(data_dir, name)
+    if opened is None:
         return None
+    dir_fd, leaf = opened
     try:
-        dir_fd = os.open(data_dir, _DIR_FLAGS)
+        fd = os.open(leaf, _FILE_FLAGS, dir_fd=dir_fd)
     except OSError:
         return None
-    try:
-        for part in parts[:-1]:
-            next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
-            os.close(dir_fd)
-            dir_fd = next_fd
-        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=dir_fd)
-    except OSError:
+    finally:
         os.close(dir_fd)
-        return None
-    os.close(dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
@@ -278,20 +271,35 @@ def free_bytes(path: Path) -> int:
 def remove_files(data_dir: Path, names: list[str]) -> None:
     """Unlink data_dir/name for each name, never following a symlink on the way."""
     for name in names:
-        parts = name.split("/")
-        if any(part in {"", ".", ".."} for part in parts):
+        opened = _open_parent(data_dir, name)
+        if opened is None:
             continue
+        dir_fd, leaf = opened
         try:
-            dir_fd = os.open(data_dir, _DIR_FLAGS)
-        except OSError:
-            return
-        try:
-            for part in parts[:-1]:
-                next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
-                os.close(dir_fd)
-                dir_fd = next_fd
-            os.unlink(parts[-1], dir_fd=dir_fd)
+            os.unlink(leaf, dir_fd=dir_fd)
         except OSError:
             pass
         finally:
             os.close(dir_fd)
+
+
+def _open_parent(data_dir: Path, name: str) -> tuple[int, str] | None:
+    """An fd of data_dir/name's directory, opened part by part without following a symlink, and
+    the name's last part; None for a name with empty, `.` or `..` parts, or a path that fails.
+    The caller closes the fd."""
+    parts = name.split("/")
+    if any(part in {"", ".", ".."} for part in parts):
+        return None
+    try:
+        dir_fd = os.open(data_dir, _DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, _DIR_FLAGS, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+    except OSError:
+        os.close(dir_fd)
+        return None
+    return dir_fd, parts[-1]

@@ -331,7 +331,7 @@ class SandboxManager:
                 session.restart_note = None
         kernel = session.kernel
         owner = (session.uid, session.uid) if session.uid is not None else None
-        refused = await asyncio.to_thread(self._disk_refusal, session.data_dir)
+        refused = await asyncio.to_thread(self._disk_refusal)
         if refused is not None:
             return ExecutionResult(logs=prefix + f"[{refused}]\n", files=[], error=refused, duration_s=0.0)
         before = await asyncio.to_thread(self._before_call, session.data_dir, inputs, owner)
@@ -363,9 +363,9 @@ class SandboxManager:
         logs = prefix + outcome.collector.text()
         return ExecutionResult(logs=logs, files=files, error=error, duration_s=time.perf_counter() - started)
 
-    def _disk_refusal(self, data_dir: Path) -> str | None:
+    def _disk_refusal(self) -> str | None:
         """Why no call may start now: the disk holding the sandboxes (and the event log) is nearly full."""
-        free = datafiles.free_bytes(self.work_root if self.work_root.exists() else self.work_root.parent)
+        free = datafiles.free_bytes(self.work_root)  # made by the kernel's start, just before
         if free < self.limits.disk_reserve_bytes:
             return (
                 f"The server's disk is nearly full ({free >> 20} MiB free, {self.limits.disk_reserve_bytes >> 20} "
@@ -376,13 +376,15 @@ class SandboxManager:
     async def _watch_disk(self, session: _Session, kernel: KernelProcess) -> str | None:
         """While a call runs: stop it once /mnt/data passes the quota or the disk's reserve is reached."""
         limits = self.limits
-        start = await asyncio.to_thread(datafiles.usage, session.data_dir)
+        # An image per session is its quota (writes past it fail): only a plain directory is measured.
+        measured = self._storage.kind == "directory"
+        start = await asyncio.to_thread(datafiles.usage, session.data_dir) if measured else 0
         while True:
             await asyncio.sleep(DISK_CHECK_S)
-            used = await asyncio.to_thread(datafiles.usage, session.data_dir)
+            used = await asyncio.to_thread(datafiles.usage, session.data_dir) if measured else 0
             free = await asyncio.to_thread(datafiles.free_bytes, self.work_root)  # the event log's disk
             reason = None
-            if used > limits.disk_quota_bytes and used > start:
+            if measured and used > limits.disk_quota_bytes and used > start:
                 reason = (
                     f"The files in /mnt/data passed the session's disk quota of {limits.disk_quota_bytes >> 20} MiB; "
                     "the call was stopped."
@@ -403,7 +405,7 @@ class SandboxManager:
         return datafiles.snapshot(data_dir)
 
     def _after_call(self, data_dir: Path, before: datafiles.Snapshot) -> tuple[list[OutputFile], list[str]]:
-        names = datafiles.changed_files(before, datafiles.snapshot(data_dir))
+        names = self._changed(data_dir, before)
         staging = data_dir.parent / "outgoing"  # the server's side: not visible in the sandbox
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)  # copies of an earlier call not taken
