@@ -523,33 +523,16 @@ async def time_to_first_token(bench: Bench, n: int, warmup: int) -> dict[str, fl
     up = bench.upstream
     threads = await bench.threads([up.long_text(1)] * (n + warmup))
     conn = await bench.conn()
-    via: list[float] = []
-    for i, thread_id in enumerate(threads):
-        start = first = None
-        async for at, chunk in conn.stream("POST", f"/v1/threads/{thread_id}/runs", bench.run_body()):
-            if start is None:
-                start = at
-                continue
-            if first is None and b"event: thread.message.delta" in chunk:
-                first = at
-        assert start is not None and first is not None
-        if i >= warmup:
-            via.append((first - start) * 1000)
+    via = [
+        await _ms_to(
+            conn.stream("POST", f"/v1/threads/{thread_id}/runs", bench.run_body()), b"event: thread.message.delta"
+        )
+        for thread_id in threads
+    ][warmup:]
     await conn.close()
-    direct: list[float] = []
     upc = await Conn(up.host, up.port).open()
     body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": up.long_text(1)}]}
-    for i in range(n + warmup):
-        start = first = None
-        async for at, chunk in upc.stream("POST", "/v1/chat/completions", body):
-            if start is None:
-                start = at
-                continue
-            if first is None and b'"content":"w' in chunk:
-                first = at
-        assert start is not None and first is not None
-        if i >= warmup:
-            direct.append((first - start) * 1000)
+    direct = [await _ms_to(upc.stream("POST", "/v1/chat/completions", body), b'"content":"w') for _ in threads][warmup:]
     await upc.close()
     return {
         "p50": pct(via, 50) - pct(direct, 50),
@@ -558,6 +541,20 @@ async def time_to_first_token(bench: Bench, n: int, warmup: int) -> dict[str, fl
         "direct_p50": pct(direct, 50),
         "n": len(via),
     }
+
+
+async def _ms_to(stream: Any, marker: bytes) -> float:
+    """Milliseconds from a streamed request's first chunk to the first chunk holding `marker`
+    (the stream is read to its end)."""
+    start = first = None
+    async for at, chunk in stream:
+        if start is None:
+            start = at
+            continue
+        if first is None and marker in chunk:
+            first = at
+    assert start is not None and first is not None
+    return (first - start) * 1000
 
 
 # --------------------------------------------------------------- 2. per-delta latency
