@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import aiosqlite
 
@@ -138,18 +138,44 @@ class _Append:
 
 @dataclass(eq=False)
 class _Subscription:
+    """Committed events waiting for one reader; the reader takes all of them at each wake-up.
+
+    One list and one future rather than a queue: the writer hands a commit's events over
+    without a task switch per event, and a reader that fell behind gets everything that
+    accumulated in one piece (one write to its client). Past `LIMIT` events the reader is
+    told it overflowed and catches up from the log instead.
+    """
+
     stream_id: str | None
     run_id: str | None
-    queue: asyncio.Queue[StoredEvent] = field(default_factory=lambda: asyncio.Queue(10_000))
+    events: list[StoredEvent] = field(default_factory=list)
+    waiter: asyncio.Future[None] | None = None
     overflowed: bool = False
+
+    LIMIT: ClassVar[int] = 10_000
 
     def push(self, event: StoredEvent) -> None:
         if self.overflowed:
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self.events) >= self.LIMIT:
             self.overflowed = True  # the reader falls back to the log and catches up
+            self.events.clear()
+        else:
+            self.events.append(event)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[StoredEvent]:
+        """The events pushed since the last take, waiting for one if there are none."""
+        while not self.events and not self.overflowed:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        events, self.events = self.events, []
+        return events
 
 
 class EventStore:
@@ -247,11 +273,26 @@ class EventStore:
         """
         if not events:
             return []
+        return await self.enqueue(stream_id, events, expected_version=expected_version)
+
+    def enqueue(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+    ) -> asyncio.Future[list[StoredEvent]]:
+        """`append` without waiting: the future resolves when the events are committed.
+
+        Appends are committed in the order they are enqueued, so a producer can keep one
+        append in flight and enqueue the next from the future's callback, with no task
+        of its own. Cancelling the future withdraws the append if it is not committed yet.
+        """
         if self._writer_task is None:
             raise RuntimeError("event store is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Append(stream_id, events, expected_version, future))
-        return await future
+        return future
 
     async def stream_version(self, stream_id: str) -> int:
         """The stream's committed version: what to pass as `expected_version`."""
@@ -419,11 +460,23 @@ class EventStore:
         stream_id: str | None = None,
         run_id: str | None = None,
     ) -> AsyncIterator[StoredEvent]:
-        """Events after `after` from the log, then live ones as they commit, without gaps.
+        """Events after `after` from the log, then live ones as they commit, without gaps."""
+        async for batch in self.subscribe_batches(after=after, stream_id=stream_id, run_id=run_id):
+            for event in batch:
+                yield event
+
+    async def subscribe_batches(
+        self,
+        *,
+        after: int = 0,
+        stream_id: str | None = None,
+        run_id: str | None = None,
+    ) -> AsyncIterator[list[StoredEvent]]:
+        """`subscribe`, a batch at a time: each batch is what committed while the reader was away.
 
         The subscription registers before it reads the backlog, so an event committed
-        while the backlog is read is seen either there or in the live queue; duplicates
-        are dropped by sequence.
+        while the backlog is read is seen either there or live; duplicates are dropped by
+        sequence.
         """
         sub = _Subscription(stream_id=stream_id, run_id=run_id)
         self._register(sub)
@@ -431,20 +484,20 @@ class EventStore:
         try:
             while True:
                 if sub.overflowed:
-                    _drain(sub.queue)
                     sub.overflowed = False
                 backlog = await self.read(after=last, stream_id=stream_id, run_id=run_id, limit=1000)
-                for event in backlog:
-                    last = event.sequence
-                    yield event
+                if backlog:
+                    last = backlog[-1].sequence
+                    yield backlog
                 if len(backlog) == 1000:
                     continue
                 while not sub.overflowed:
-                    event = await sub.queue.get()
-                    if event.sequence <= last:
-                        continue
-                    last = event.sequence
-                    yield event
+                    batch = await sub.take()
+                    if batch and batch[0].sequence <= last:
+                        batch = [event for event in batch if event.sequence > last]
+                    if batch:
+                        last = batch[-1].sequence
+                        yield batch
         finally:
             self._unregister(sub)
 
@@ -495,14 +548,6 @@ def row_to_event(row: Sequence[object]) -> StoredEvent:
         run_id=None if run_id is None else str(run_id),
         schema_version=int(schema_version),  # type: ignore[call-overload]
     )
-
-
-def _drain(queue: asyncio.Queue[StoredEvent]) -> None:
-    while True:
-        try:
-            queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return
 
 
 def _discard(index: dict[str, set[_Subscription]], key: str, sub: _Subscription) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Message, Send
 
 from events.records import StoredEvent, encode
 from events.store import EventStore
 
-__all__ = ["OPENAI_STREAM_EVENTS", "batched", "encode_item", "run_stream", "run_stream_response", "without_content"]
+__all__ = ["OPENAI_STREAM_EVENTS", "encode_item", "run_stream", "run_stream_response", "without_content"]
 
 _RUN_END = {
     "thread.run.completed",
@@ -73,24 +72,33 @@ async def run_stream(
     stop_at_requires_action: bool = True,
     prefix: Sequence[StoredEvent] = (),
     redact: frozenset[str] = frozenset(),
-) -> AsyncIterator[dict[str, str]]:
-    """The run's events after `after` as SSE items, then `done` once the run ends (or pauses).
+) -> AsyncIterator[bytes]:
+    """The run's events after `after` as SSE bytes, then `done` once the run ends (or pauses).
 
-    Messages named in `redact` (deleted since) are replayed without their content.
+    Each chunk holds every event that committed while the client took the previous one:
+    an idle stream sends each event as soon as it exists, and a client that falls behind
+    a busy run gets one write for many events. Messages named in `redact` (deleted since)
+    are replayed without their content.
     """
-    for event in prefix:
-        yield _item(event)
-        after = max(after, event.sequence)
-    async for event in store.subscribe(after=after, run_id=run_id):
-        if event.type not in OPENAI_STREAM_EVENTS:
-            continue
-        if redact and event.type.startswith("thread.message.") and event.data.get("id") in redact:
-            yield _redacted(event)
-        else:
-            yield _item(event)
-        if event.type in _RUN_END or (stop_at_requires_action and event.type == _PAUSE):
-            break
-    yield {"event": "done", "data": "[DONE]"}
+    if prefix:
+        yield b"".join(_encoded(event, redact) for event in prefix)
+        after = max(after, prefix[-1].sequence)
+    ended = False
+    async for batch in store.subscribe_batches(after=after, run_id=run_id):
+        parts = []
+        for event in batch:
+            if event.type not in OPENAI_STREAM_EVENTS:
+                continue
+            parts.append(_encoded(event, redact))
+            if event.type in _RUN_END or (stop_at_requires_action and event.type == _PAUSE):
+                ended = True
+                break
+        if ended:
+            parts.append(_DONE)
+            yield b"".join(parts)
+            return
+        if parts:
+            yield b"".join(parts) if len(parts) > 1 else parts[0]
 
 
 def run_stream_response(
@@ -103,53 +111,30 @@ def run_stream_response(
     redact: frozenset[str] = frozenset(),
 ) -> EventSourceResponse:
     # The run lives on without the client: closing the connection only stops this reader.
-    items = run_stream(
+    chunks = run_stream(
         store, run_id, after=after, stop_at_requires_action=stop_at_requires_action, prefix=prefix, redact=redact
     )
-    return EventSourceResponse(batched(items), ping=_PING_S, ping_message_factory=_KeepAlive)
+    return _EventStream(chunks, ping=_PING_S, ping_message_factory=_KeepAlive)
 
 
-async def batched(items: AsyncIterator[dict[str, str]]) -> AsyncIterator[bytes]:
-    """The encoded items, every item that is ready by the time the client takes more as one chunk.
+class _EventStream(EventSourceResponse):
+    """sse-starlette's response, sending each chunk without a cancel scope around it.
 
-    A client that falls behind a busy run gets one write for many events instead of one each,
-    while an idle stream still sends each event as soon as it exists. Closing this generator
-    (the client went away) stops the reader and closes `items`.
+    Its `send_timeout` wraps every send in an anyio cancel scope, a measurable share of a
+    streamed token's cost; with no timeout set (ours) that scope can never fire, so the
+    chunk goes to the server directly. A client that stops reading only holds up its own
+    stream: the run goes on, and its reader catches up from the log.
     """
-    pending: list[bytes] = []
-    ready = asyncio.Event()
-    finished = False
 
-    async def read() -> None:
-        nonlocal finished
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        if self.send_timeout is not None:
+            await super()._send_with_timeout(send, message)
+            return
         try:
-            async for item in items:
-                pending.append(encode_item(item))
-                ready.set()
-        finally:
-            finished = True
-            ready.set()
-
-    reader = asyncio.create_task(read())
-    try:
-        while True:
-            await ready.wait()
-            ready.clear()
-            if pending:
-                chunk = b"".join(pending) if len(pending) > 1 else pending[0]
-                pending.clear()
-                yield chunk
-            if finished and not pending:
-                break
-        await reader  # re-raises what stopped the reader, if anything did
-    finally:
-        if not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
+            await send(message)
+        except BaseException:
+            self._send_interrupted = True
+            raise
 
 
 def encode_item(item: dict[str, str]) -> bytes:
@@ -164,12 +149,14 @@ def encode_item(item: dict[str, str]) -> bytes:
     return f"{out}data: {item['data']}\r\n\r\n".encode()
 
 
-def _item(event: StoredEvent) -> dict[str, str]:
-    return {"id": str(event.sequence), "event": event.type, "data": event.data_json}
+_DONE = encode_item({"event": "done", "data": "[DONE]"})
 
 
-def _redacted(event: StoredEvent) -> dict[str, str]:
-    return {"id": str(event.sequence), "event": event.type, "data": encode(without_content(event.data))}
+def _encoded(event: StoredEvent, redact: frozenset[str]) -> bytes:
+    if redact and event.type.startswith("thread.message.") and event.data.get("id") in redact:
+        data = encode(without_content(event.data))
+        return encode_item({"id": str(event.sequence), "event": event.type, "data": data})
+    return f"id: {event.sequence}\r\nevent: {event.type}\r\ndata: {event.data_json}\r\n\r\n".encode()
 
 
 def without_content(data: dict[str, Any]) -> dict[str, Any]:

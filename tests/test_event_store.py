@@ -302,7 +302,7 @@ async def test_overflow_falls_back_to_the_log(store: EventStore) -> None:
         first = await anext(iterator)
         assert first.sequence == 1
         (sub,) = store._subs_all
-        capacity = sub.queue.maxsize
+        capacity = sub.LIMIT
         # The subscriber is paused (not iterating) while more than its queue holds is committed.
         chunk = 500
         pushed = 0

@@ -15,13 +15,8 @@ import pytest_asyncio
 from openai.types.chat import ChatCompletionChunk
 
 from server.fake_upstream import RunningUpstream, serve_in_thread
-from server.providers import (
-    Provider,
-    ProviderRegistry,
-    UpstreamError,
-    aclose_clients,
-    stream_chat_completion,
-)
+from server.completions import UpstreamError, aclose_clients, stream_chat_completion
+from server.providers import Provider, ProviderRegistry
 
 MODEL = "fake-model"
 

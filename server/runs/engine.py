@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 from events.records import NewEvent
 from projections.views import ViewReader
+from server.completions import UpstreamError, stream_chat_completion
 from server.ids import new_id
-from server.providers import Provider, UpstreamError, stream_chat_completion
+from server.providers import Provider
 from server.runs import objects
 from server.runs.objects import now, run_event
 from server.runs.prompt import (

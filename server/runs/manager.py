@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from events.records import NewEvent
+from events.records import NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore
 from projections.views import ViewReader
 from server.providers import ProviderRegistry
@@ -39,9 +39,10 @@ class _RunLog:
     The engine hands events over and goes on reading the model; while one append is being
     committed the next events gather, and go in the following append, all together. So a
     run is never held up by the log, and a busy server commits many events per transaction.
-    Subscribers still only see committed events. `drain()` waits until everything handed
-    over is committed (and raises if an append failed); the engine calls it before reading
-    the views that its own events update.
+    The next append is enqueued from the previous one's completion callback: no task per
+    append. Subscribers still only see committed events. `drain()` waits until everything
+    handed over is committed (and raises if an append failed); the engine calls it before
+    reading the views that its own events update.
     """
 
     MAX_PENDING = 512  # the engine waits when this many events are not yet committed
@@ -50,33 +51,45 @@ class _RunLog:
         self.store = store
         self.stream_id = stream_id
         self.buffer: list[NewEvent] = []
-        self.task: asyncio.Task[None] | None = None
+        self.inflight: asyncio.Future[list[StoredEvent]] | None = None
         self.error: BaseException | None = None
+        self.idle: asyncio.Future[None] | None = None  # resolved when nothing is in flight
 
     async def add(self, event: NewEvent) -> None:
         if self.error is not None:
             raise self.error
         self.buffer.append(event)
-        if self.task is None:
-            self.task = asyncio.create_task(self._flush())
+        if self.inflight is None:
+            self._send()
         elif len(self.buffer) >= self.MAX_PENDING:
             await self.drain()
 
-    async def _flush(self) -> None:
+    def _send(self) -> None:
+        events, self.buffer = self.buffer, []
         try:
-            while self.buffer:
-                events, self.buffer = self.buffer, []
-                await self.store.append(self.stream_id, events)
-        except BaseException as exc:
+            self.inflight = self.store.enqueue(self.stream_id, events)
+        except Exception as exc:
             self.error = exc
+            return
+        self.inflight.add_done_callback(self._committed)
+
+    def _committed(self, future: asyncio.Future[list[StoredEvent]]) -> None:
+        self.inflight = None
+        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if error is not None:
+            self.error = error
             self.buffer = []
-        finally:
-            self.task = None
+        elif self.buffer:
+            self._send()
+        if self.inflight is None and self.idle is not None and not self.idle.done():
+            self.idle.set_result(None)
 
     async def drain(self) -> None:
         """Wait (shielded: a cancelled run still commits what it yielded) until all is committed."""
-        while self.task is not None:
-            await asyncio.shield(self.task)
+        if self.inflight is not None:
+            if self.idle is None or self.idle.done():
+                self.idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self.idle)
         if self.error is not None:
             raise self.error
 
