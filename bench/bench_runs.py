@@ -732,11 +732,12 @@ async def concurrent(bench: Bench, runs: int, tokens: int, pace_ms: int) -> dict
         / 1024
     )
     reset = reset_peak_rss(bench.pid)
-    cpu0 = cpu_seconds(bench.pid)
+    cpu0 = cpu_seconds(bench.pid), cpu_seconds(bench.upstream.pid), time.process_time()
     started = time.perf_counter()
     results = await asyncio.gather(*(_consume(bench, t, record_gaps=True, stamped=stamped) for t in threads))
     wall = time.perf_counter() - started
-    server_cpu = cpu_seconds(bench.pid) - cpu0
+    cpu1 = cpu_seconds(bench.pid), cpu_seconds(bench.upstream.pid), time.process_time()
+    server_cpu = cpu1[0] - cpu0[0]
     latencies = [x for r in results for x in r.latencies]
     errors = [r.error for r in results if r.error]
     short = [r for r in results if not r.error and r.deltas != tokens]
@@ -755,6 +756,8 @@ async def concurrent(bench: Bench, runs: int, tokens: int, pace_ms: int) -> dict
         "first_byte_p99": pct(first, 99),
         "wall": wall,
         "server_cpu": server_cpu,
+        "upstream_cpu": cpu1[1] - cpu0[1],
+        "client_cpu": cpu1[2] - cpu0[2],
         "rss_before": rss_before,
         "rss_mb": peak_rss_mb(bench.pid),
         "rss_reset": reset,
@@ -886,7 +889,13 @@ async def _section_concurrent(args: argparse.Namespace, bench: Bench) -> list[st
     print(
         f"   {peak} RSS of the server process {many['rss_mb']:.0f} MB"
         f" (RSS before the runs {many['rss_before']:.0f} MB);"
-        f" {many['deltas']} deltas in {many['wall']:.1f} s, server CPU {many['server_cpu']:.1f} s",
+        f" {many['deltas']} deltas in {many['wall']:.1f} s",
+    )
+    per_token = many["server_cpu"] / max(1, many["deltas"]) * 1e6
+    print(
+        f"   CPU: server {many['server_cpu']:.1f} s = {per_token:.0f} us per relayed token"
+        f" [{goal(per_token <= 100)} goal <= 100 us]; upstream {many['upstream_cpu']:.1f} s;"
+        f" this client {many['client_cpu']:.1f} s (of {2 * many['wall']:.0f} core-seconds on 2 cores)",
         flush=True,
     )
     return [

@@ -196,6 +196,7 @@ class ViewProjector:
 
     async def stage(self, conn: aiosqlite.Connection, events: Sequence[StoredEvent]) -> None:
         loaded: dict[ViewKey, View | None] = {}
+        missing: list[ViewKey] = []
         for event in events:
             streamed = self._streamed.get(event.type)
             # A delta needs its stored base (a cache hit while it streams); other events their folds' views.
@@ -207,7 +208,10 @@ class ViewProjector:
                     self._cache.move_to_end(key)
                     loaded[key] = self._cache[key]
                 else:
-                    loaded[key] = await self._load(conn, key)
+                    loaded[key] = None
+                    missing.append(key)
+        if missing:
+            loaded.update(await self._load_many(conn, missing))
 
         def lookup(key: ViewKey) -> View | None:
             return self._pending[key] if key in self._pending else loaded.get(key)
@@ -303,6 +307,24 @@ class ViewProjector:
         self._pending.clear()
         self._pending_live.clear()
         self._cache.clear()
+
+    async def _load_many(self, conn: aiosqlite.Connection, keys: list[ViewKey]) -> dict[ViewKey, View | None]:
+        """Views not in the cache, read in one query per 400 keys (one hop to the database thread).
+
+        An append that creates a step and a message, say, misses the cache for each: read one
+        by one, each a hop of its own, they held up the commit of the run's first token.
+        """
+        views: dict[ViewKey, View | None] = dict.fromkeys(keys)
+        for start in range(0, len(keys), 400):
+            part = keys[start : start + 400]
+            values = ", ".join("(?, ?)" for _ in part)
+            sql = f"SELECT kind, id, doc, ordinal FROM views WHERE (kind, id) IN (VALUES {values})"
+            params = [item for key in part for item in key]
+            for kind, view_id, doc, ordinal in await conn.execute_fetchall(sql, params):
+                views[(str(kind), str(view_id))] = View(json.loads(doc), int(ordinal))
+        for key, view in views.items():
+            self._cache[key] = view
+        return views
 
     async def _load(self, conn: aiosqlite.Connection, key: ViewKey) -> View | None:
         if key in self._cache:

@@ -13,7 +13,6 @@ from typing import Any
 __all__ = ["Chunk", "ChunkChoice", "ChunkDelta", "ChunkFunction", "ChunkToolCall", "ChunkUsage", "MalformedChunk"]
 
 
-
 @dataclass(slots=True)
 class ChunkFunction:
     name: str | None = None
@@ -149,4 +148,3 @@ def _kind(value: Any) -> str:
 
 def _int(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
-

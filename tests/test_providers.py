@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 from openai.types.chat import ChatCompletionChunk
 
-from server.fake_upstream import RunningUpstream, serve_in_thread
 from server.completions import UpstreamError, aclose_clients, stream_chat_completion
+from server.fake_upstream import RunningUpstream, serve_in_thread
 from server.providers import Provider, ProviderRegistry
 
 MODEL = "fake-model"
