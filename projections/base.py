@@ -326,16 +326,6 @@ class ViewProjector:
             self._cache[key] = view
         return views
 
-    async def _load(self, conn: aiosqlite.Connection, key: ViewKey) -> View | None:
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        rows = list(await conn.execute_fetchall("SELECT doc, ordinal FROM views WHERE kind = ? AND id = ?", key))
-        row = rows[0] if rows else None
-        view = None if row is None else View(json.loads(row[0]), int(row[1]))
-        self._cache[key] = view
-        return view
-
 
 async def read_position(conn: aiosqlite.Connection) -> int:
     rows = list(

@@ -155,8 +155,9 @@ def _parse_event(provider: Provider, event: bytes) -> Chunk:
     try:
         data = orjson.loads(event)
     except orjson.JSONDecodeError:
+        # orjson refuses lone surrogate escapes (valid JSON, not Unicode): decode, then mend them.
         try:
-            data = json.loads(event)  # lone surrogate escapes, which orjson refuses, are mended below
+            data = _replace_lone_surrogates(json.loads(event))
         except ValueError as exc:
             raise UpstreamError(
                 "server_error", f"{_label(provider)}: sent a chunk that is not JSON: {event[:200]!r}"
@@ -165,8 +166,6 @@ def _parse_event(provider: Provider, event: bytes) -> Chunk:
         raise UpstreamError(
             "server_error", f"{_label(provider)}: sent a chunk that is not a JSON object: {event[:200]!r}"
         )
-    if b"\\ud" in event or b"\\uD" in event:
-        data = _replace_lone_surrogates(data)
     if data.get("error"):
         error = data["error"]
         detail = error.get("message") if isinstance(error, dict) else None
@@ -196,21 +195,11 @@ async def _open(provider: Provider, payload: bytes) -> aiohttp.ClientResponse:
         try:
             async with asyncio.timeout(provider.timeout_s):
                 response = await session.post(url, data=payload)
-        except TimeoutError as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if retries_left:
                 await asyncio.sleep(_backoff(attempt))
                 continue
-            raise UpstreamError(
-                "server_error",
-                f"{_label(provider)}: request timed out after {attempt} attempt(s) (timeout {provider.timeout_s:g}s)",
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            if retries_left:
-                await asyncio.sleep(_backoff(attempt))
-                continue
-            raise UpstreamError(
-                "server_error", f"{_label(provider)}: connection failed after {attempt} attempt(s): {_describe(exc)}"
-            ) from exc
+            raise _request_error(provider, exc, attempt) from exc
         if response.status < 300:
             return response
         try:
@@ -219,8 +208,7 @@ async def _open(provider: Provider, payload: bytes) -> aiohttp.ClientResponse:
             response.release()
         retry_after = _retry_after(response.headers)
         if retries_left and _should_retry(response.status, response.headers, retry_after):
-            ok_after = retry_after is not None and math.isfinite(retry_after) and 0 < retry_after <= _MAX_RETRY_AFTER_S
-            await asyncio.sleep(retry_after if ok_after and retry_after is not None else _backoff(attempt))
+            await asyncio.sleep(_retry_delay(attempt, retry_after))
             continue
         raise _status_error(provider, response.status, detail, attempt)
 
@@ -254,6 +242,13 @@ def _retry_after(headers: Any) -> float | None:
         return None
 
 
+def _retry_delay(attempt: int, retry_after: float | None) -> float:
+    """The upstream's own delay where it gave a usable one (up to two minutes), else backoff."""
+    if retry_after is not None and math.isfinite(retry_after) and 0 < retry_after <= _MAX_RETRY_AFTER_S:
+        return retry_after
+    return _backoff(attempt)
+
+
 def _backoff(attempt: int) -> float:
     delay = min(_INITIAL_RETRY_DELAY_S * 2.0 ** min(attempt - 1, 1000), _MAX_RETRY_DELAY_S)
     return delay * (1 - 0.25 * random.random())
@@ -277,6 +272,17 @@ async def _error_detail(response: aiohttp.ClientResponse) -> str:
             return str(body["message"])
     text = raw[:300].decode("utf-8", "replace").strip()
     return text or f"{response.status} {response.reason or ''}".strip()
+
+
+def _request_error(provider: Provider, exc: BaseException, attempts: int) -> UpstreamError:
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(
+            "server_error",
+            f"{_label(provider)}: request timed out after {attempts} attempt(s) (timeout {provider.timeout_s:g}s)",
+        )
+    return UpstreamError(
+        "server_error", f"{_label(provider)}: connection failed after {attempts} attempt(s): {_describe(exc)}"
+    )
 
 
 def _status_error(provider: Provider, status: int, detail: str, attempts: int) -> UpstreamError:

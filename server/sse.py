@@ -153,10 +153,10 @@ _DONE = encode_item({"event": "done", "data": "[DONE]"})
 
 
 def _encoded(event: StoredEvent, redact: frozenset[str]) -> bytes:
+    data = event.data_json
     if redact and event.type.startswith("thread.message.") and event.data.get("id") in redact:
         data = encode(without_content(event.data))
-        return encode_item({"id": str(event.sequence), "event": event.type, "data": data})
-    return f"id: {event.sequence}\r\nevent: {event.type}\r\ndata: {event.data_json}\r\n\r\n".encode()
+    return encode_item({"id": str(event.sequence), "event": event.type, "data": data})
 
 
 def without_content(data: dict[str, Any]) -> dict[str, Any]:
