@@ -1,9 +1,9 @@
 """The assistants view."""
 
 from projections.base import Projection
-from projections.folds import delete, patch, snapshot
+from projections.folds import create, delete, patch
 
 ASSISTANTS = Projection(
     kind="assistant",
-    folds={"assistant.created": snapshot, "assistant.updated": patch, "assistant.deleted": delete},
+    folds={"assistant.created": create, "assistant.updated": patch, "assistant.deleted": delete},
 )

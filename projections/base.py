@@ -30,6 +30,7 @@ __all__ = [
     "ViewKey",
     "ViewProjector",
     "by_id",
+    "creating",
     "existence_preserving",
     "overwriting",
     "snapshotting",
@@ -41,6 +42,7 @@ Fold = Callable[[Doc | None, StoredEvent], Doc | None]
 _OVERWRITING: set[Fold] = set()
 _SNAPSHOTTING: set[Fold] = set()
 _EXISTENCE_PRESERVING: set[Fold] = set()
+_CREATING: set[Fold] = set()
 
 
 def overwriting(fold: Fold) -> Fold:
@@ -61,6 +63,16 @@ def snapshotting(fold: Fold) -> Fold:
     """
     _SNAPSHOTTING.add(fold)
     return overwriting(fold)
+
+
+def creating(fold: Fold) -> Fold:
+    """Mark a snapshot fold whose event brings a new object, under a new id, into existence.
+
+    There is no view to read before folding it, so an append that creates a run, a step or
+    a message stages without a query: the commit of a run's first token waits for no read.
+    """
+    _CREATING.add(fold)
+    return snapshotting(fold)
 
 
 def existence_preserving(fold: Fold) -> Fold:
@@ -147,6 +159,7 @@ class ViewProjector:
         self.preserving: set[str] = set()
         self.snapshots: set[str] = set()
         self.overwrites: set[str] = set()
+        self._creates = {t for t, handlers in self._handlers.items() if all(f in _CREATING for _, f in handlers)}
         for event_type, handlers in self._handlers.items():
             if all(fold in _OVERWRITING for _, fold in handlers):
                 self.overwrites.add(event_type)
@@ -201,8 +214,12 @@ class ViewProjector:
             streamed = self._streamed.get(event.type)
             # A delta needs its stored base (a cache hit while it streams); other events their folds' views.
             keys = [(streamed, str(event.data["id"]))] if streamed is not None else self.keys_for(event)
+            creates = event.type in self._creates
             for key in keys:
                 if key in self._pending or key in loaded:
+                    continue
+                if creates:
+                    loaded[key] = None
                     continue
                 if key in self._cache:  # the usual case while a run streams: no await per delta
                     self._cache.move_to_end(key)
@@ -233,6 +250,15 @@ class ViewProjector:
                         live_ops.append((key, None, overlay[key], fold in _OVERWRITING))
         self._pending.update(overlay)
         self._pending_live.extend(live_ops)
+
+    def committed_view(self, kind: str, view_id: str) -> tuple[bool, View | None]:
+        """Whether the cache holds a key and, if so, its committed view (None: known not to exist).
+
+        The cache changes only after a transaction commits and before the append is
+        acknowledged, so a reader served from it sees every acknowledged append.
+        """
+        key = (kind, view_id)
+        return (True, self._cache[key]) if key in self._cache else (False, None)
 
     def live_doc(self, kind: str, view_id: str) -> Doc | None:
         """The streaming object with its deltas merged, if it is streaming (committed state)."""

@@ -1,13 +1,13 @@
 """Files, vector stores, their files and file batches."""
 
 from projections.base import Projection
-from projections.folds import delete, patch, snapshot
+from projections.folds import create, delete, patch, snapshot
 
-FILES = Projection(kind="file", folds={"file.created": snapshot, "file.deleted": delete})
+FILES = Projection(kind="file", folds={"file.created": create, "file.deleted": delete})
 
 VECTOR_STORES = Projection(
     kind="vector_store",
-    folds={"vector_store.created": snapshot, "vector_store.updated": patch, "vector_store.deleted": delete},
+    folds={"vector_store.created": create, "vector_store.updated": patch, "vector_store.deleted": delete},
 )
 
 VECTOR_STORE_FILES = Projection(

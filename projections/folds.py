@@ -1,9 +1,15 @@
-"""The three folds most views need: take a snapshot, merge a patch, delete."""
+"""The folds most views need: create, take a snapshot, merge a patch, delete."""
 
 from __future__ import annotations
 
 from events.records import StoredEvent
-from projections.base import Doc, existence_preserving, overwriting, snapshotting
+from projections.base import Doc, creating, existence_preserving, overwriting, snapshotting
+
+
+@creating
+def create(doc: Doc | None, event: StoredEvent) -> Doc | None:
+    """The event creates the object under a fresh id and carries it whole."""
+    return dict(event.data)
 
 
 @snapshotting

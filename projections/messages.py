@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from projections.base import Projection
-from projections.folds import delete, patch, snapshot
+from projections.folds import create, delete, patch, snapshot
 
 _SNAPSHOTS = (
     "thread.message.created",
@@ -16,6 +16,7 @@ MESSAGES = Projection(
     kind="message",
     folds={
         **{name: snapshot for name in _SNAPSHOTS},
+        "thread.message.created": create,
         "thread.message.updated": patch,
         "thread.message.deleted": delete,
     },

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from projections.base import Projection
-from projections.folds import patch, snapshot
+from projections.folds import create, patch, snapshot
 
 RUN_STATUS_EVENTS = (
     "thread.run.created",
@@ -29,14 +29,17 @@ STEP_STATUS_EVENTS = (
 
 RUNS = Projection(
     kind="run",
-    folds={**{name: snapshot for name in RUN_STATUS_EVENTS}, "thread.run.updated": patch},
+    folds={**{name: snapshot for name in RUN_STATUS_EVENTS}, "thread.run.created": create, "thread.run.updated": patch},
     parent_field="thread_id",
 )
 
 STEPS = Projection(
     kind="step",
     # `threadlog.step.snapshot`: the run engine's record of a step's calls when it pauses for outputs.
-    folds={**{name: snapshot for name in (*STEP_STATUS_EVENTS, "threadlog.step.snapshot")}},
+    folds={
+        **{name: snapshot for name in (*STEP_STATUS_EVENTS, "threadlog.step.snapshot")},
+        "thread.run.step.created": create,
+    },
     parent_field="run_id",
     run_field="run_id",
     streamed=frozenset({"thread.run.step.delta"}),

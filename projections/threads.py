@@ -1,9 +1,9 @@
 """The threads view."""
 
 from projections.base import Projection
-from projections.folds import delete, patch, snapshot
+from projections.folds import create, delete, patch
 
 THREADS = Projection(
     kind="thread",
-    folds={"thread.created": snapshot, "thread.updated": patch, "thread.deleted": delete},
+    folds={"thread.created": create, "thread.updated": patch, "thread.deleted": delete},
 )

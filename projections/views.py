@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import copy
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiosqlite
+import orjson
 
 from events.store import row_to_event
 from projections.base import Doc, ViewProjector
@@ -53,6 +55,12 @@ class ViewReader:
         self._projector = projector
 
     async def get(self, kind: str, view_id: str) -> Doc | None:
+        """One view: from the projector's memory of committed views when it holds it (no query:
+        the objects a request checks first, its thread and assistant, are usually there)."""
+        if self._projector is not None:
+            held, view = self._projector.committed_view(kind, view_id)
+            if held:
+                return None if view is None else (await self._streaming(kind, [_private_copy(view.doc)]))[0]
         rows = list(
             await self._conn.execute_fetchall("SELECT doc FROM views WHERE kind = ? AND id = ?", (kind, view_id))
         )
@@ -165,3 +173,12 @@ class ViewReader:
         sql = f"SELECT doc FROM views WHERE kind = ? AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
         rows = list(await self._conn.execute_fetchall(sql, (kind, *statuses)))
         return await self._streaming(kind, [json.loads(row[0]) for row in rows])
+
+
+def _private_copy(doc: Doc) -> Doc:
+    """A copy the caller may change: cached docs are shared with the projector."""
+    try:
+        copied: Doc = orjson.loads(orjson.dumps(doc))
+    except TypeError:  # what orjson refuses (a lone surrogate, a huge int): the slow way
+        return copy.deepcopy(doc)
+    return copied

@@ -50,6 +50,8 @@ async def append_decided(
     stream_id: str,
     decide: Callable[[int], Awaitable[list[NewEvent]]],
     attempts: int = 8,
+    *,
+    on_enqueued: Callable[[asyncio.Future[list[StoredEvent]]], None] | None = None,
 ) -> list[StoredEvent]:
     """Read the stream version, decide (may raise APIError), append expecting that version.
 
@@ -57,15 +59,21 @@ async def append_decided(
     thread (say, many messages added at once) do not keep invalidating each other's
     expected version; on a race lost to an append made outside this path, the decision
     is made again on fresh state. `decide` must not itself call `append_decided` on the
-    same stream.
+    same stream. `on_enqueued` gets each attempt's pending append before it commits (a
+    run starts its model call meanwhile; the append's outcome tells it whether it exists).
     """
     locks: _StreamLocks = svc.extras.setdefault("stream_decision_locks", _StreamLocks())
     async with locks.hold(stream_id):
         for _ in range(attempts):
             version = await svc.store.stream_version(stream_id)
             events = await decide(version)
+            if not events:
+                return []
+            pending = svc.store.enqueue(stream_id, events, expected_version=version)
+            if on_enqueued is not None:
+                on_enqueued(pending)
             try:
-                return await svc.store.append(stream_id, events, expected_version=version)
+                return await pending
             except ConcurrencyError:
                 continue
     raise APIError(409, "The thread changed too often while handling this request; try again.")

@@ -3,6 +3,7 @@ cancel, submit tool outputs; plus our SSE resume/replay endpoint for a run's eve
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -137,8 +138,11 @@ async def create_run(request: Request) -> Response:
             raise bad_request(f"Thread {thread_id} already has an active run {active['id']}.")
         return extra + _run_created(run)
 
-    stored = await append_decided(svc, thread_id, decide)
-    _manager(svc).start(run)
+    def start(opening: asyncio.Future[list[StoredEvent]]) -> None:
+        # The engine gets its own copy: it moves the run on while this response shows it queued.
+        _manager(svc).start(copy.deepcopy(run), opening=opening, messages=[e.data for e in extra])
+
+    stored = await append_decided(svc, thread_id, decide, on_enqueued=start)
     return _respond(svc, run, stored, body.stream)
 
 
@@ -154,8 +158,10 @@ async def create_thread_and_run(request: Request) -> Response:
     # thread.created is part of this run's stream (it is the stream's first event).
     events[0] = NewEvent(thread_created.type, thread_created.data, run_id=run["id"])
     await setup()
-    stored = await svc.store.append(thread_id, events + _run_created(run), expected_version=0)
-    _manager(svc).start(run)
+    opening = svc.store.enqueue(thread_id, events + _run_created(run), expected_version=0)
+    messages = [e.data for e in events if e.type == "thread.message.created"]
+    _manager(svc).start(copy.deepcopy(run), opening=opening, messages=messages)
+    stored = await opening
     return _respond(svc, run, stored, body.stream)
 
 

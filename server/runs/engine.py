@@ -118,6 +118,9 @@ class RunEngine:
         self._text: list[str] = []  # the open message's text since its last snapshot, in pieces
         self._step_calls: list[_Call] = []  # the open tool step's calls, in step order
         self._builtin_names = {t["type"] for t in run["tools"] if t["type"] in ("file_search", "code_interpreter")}
+        # Messages the run's creating append adds (a new thread's, `additional_messages`):
+        # the run may build its prompt before that append commits and the views hold them.
+        self.unlogged_messages: list[dict[str, Any]] = []
 
     # -- the generator ---------------------------------------------------------------------
 
@@ -557,9 +560,13 @@ class RunEngine:
         """The prompt; `own_steps` False skips reading this run's steps (its first turn has none)."""
         run = self.run
         page = await self.views.list("message", parent_id=run["thread_id"], limit=100_000, order="asc")
-        names = await self._file_names(page.data)
-        history = [thread_message_to_chat(m, names) for m in page.data if m.get("run_id") != run["id"]]
-        own = {m["id"]: m for m in page.data if m.get("run_id") == run["id"]}
+        messages = page.data
+        if self.unlogged_messages:
+            logged = {m["id"] for m in messages}
+            messages = messages + [m for m in self.unlogged_messages if m["id"] not in logged]
+        names = await self._file_names(messages)
+        history = [thread_message_to_chat(m, names) for m in messages if m.get("run_id") != run["id"]]
+        own = {m["id"]: m for m in messages if m.get("run_id") == run["id"]}
         steps_data = []
         if own_steps:
             steps_data = (await self.views.list("step", parent_id=run["id"], limit=100_000, order="asc")).data

@@ -39,39 +39,54 @@ class _RunLog:
     The engine hands events over and goes on reading the model; while one append is being
     committed the next events gather, and go in the following append, all together. So a
     run is never held up by the log, and a busy server commits many events per transaction.
-    The next append is enqueued from the previous one's completion callback: no task per
-    append. Subscribers still only see committed events. `drain()` waits until everything
-    handed over is committed (and raises if an append failed); the engine calls it before
-    reading the views that its own events update.
+    An idle log sends at the end of the current turn of the event loop rather than at the
+    first event: what the engine yields for one model chunk (a new step, its message and
+    the first delta) is one append, one commit before the client sees the token. The next
+    append is enqueued from the previous one's completion callback: no task per append.
+    Subscribers still only see committed events. `drain()` waits until everything handed
+    over is committed (and raises if an append failed); the engine calls it before reading
+    the views that its own events update.
     """
 
     MAX_PENDING = 512  # the engine waits when this many events are not yet committed
 
-    def __init__(self, store: EventStore, stream_id: str) -> None:
+    def __init__(
+        self, store: EventStore, stream_id: str, opening: asyncio.Future[list[StoredEvent]] | None = None
+    ) -> None:
         self.store = store
         self.stream_id = stream_id
         self.buffer: list[NewEvent] = []
-        self.inflight: asyncio.Future[list[StoredEvent]] | None = None
+        # The append that creates the run, when the run starts before it commits: its
+        # events come after it, and go nowhere if it fails (the run then never existed).
+        self.inflight: asyncio.Future[list[StoredEvent]] | None = opening
+        self.scheduled = False  # a send is due at the end of this turn of the loop
         self.error: BaseException | None = None
-        self.idle: asyncio.Future[None] | None = None  # resolved when nothing is in flight
+        self.idle: asyncio.Future[None] | None = None  # resolved when nothing is scheduled or in flight
+        if opening is not None:
+            opening.add_done_callback(self._committed)
 
     async def add(self, event: NewEvent) -> None:
         if self.error is not None:
             raise self.error
         self.buffer.append(event)
-        if self.inflight is None:
-            self._send()
+        if self.inflight is None and not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
         elif len(self.buffer) >= self.MAX_PENDING:
             await self.drain()
 
     def _send(self) -> None:
+        self.scheduled = False
         events, self.buffer = self.buffer, []
-        try:
-            self.inflight = self.store.enqueue(self.stream_id, events)
-        except Exception as exc:
-            self.error = exc
-            return
-        self.inflight.add_done_callback(self._committed)
+        if events and self.error is None:
+            try:
+                self.inflight = self.store.enqueue(self.stream_id, events)
+            except Exception as exc:
+                self.error = exc
+            else:
+                self.inflight.add_done_callback(self._committed)
+                return
+        self._settle()
 
     def _committed(self, future: asyncio.Future[list[StoredEvent]]) -> None:
         self.inflight = None
@@ -79,14 +94,18 @@ class _RunLog:
         if error is not None:
             self.error = error
             self.buffer = []
-        elif self.buffer:
+        elif self.buffer and not self.scheduled:
             self._send()
-        if self.inflight is None and self.idle is not None and not self.idle.done():
+            return
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.inflight is None and not self.scheduled and self.idle is not None and not self.idle.done():
             self.idle.set_result(None)
 
     async def drain(self) -> None:
         """Wait (shielded: a cancelled run still commits what it yielded) until all is committed."""
-        if self.inflight is not None:
+        if self.inflight is not None or self.scheduled:
             if self.idle is None or self.idle.done():
                 self.idle = asyncio.get_running_loop().create_future()
             await asyncio.shield(self.idle)
@@ -121,20 +140,50 @@ class RunManager:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._finishing: set[str] = set()  # runs whose engine yielded its last event
+        self._voided: set[asyncio.Task[None]] = set()  # runs whose creating append failed
         self._shutting_down = False
 
     # -- starting and driving --------------------------------------------------------------
 
-    def start(self, run: dict[str, Any]) -> None:
-        """Execute a queued run in the background."""
+    def start(
+        self,
+        run: dict[str, Any],
+        *,
+        opening: asyncio.Future[list[StoredEvent]] | None = None,
+        messages: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Execute a queued run in the background.
+
+        With `opening`, the append that creates the run (or resumes it) is still being
+        committed: the engine builds the prompt and calls the model meanwhile, so the
+        commit costs the first token nothing. Its events queue behind that append; if it
+        fails (the decision lost a race), the run is dropped without a trace. `messages`
+        are the thread messages that append adds, for the prompt.
+        """
         provider = self.providers.resolve(run["model"])
         assert provider is not None, "checked when the run was created"
+        run_id = run["id"]
         engine = RunEngine(run, provider=provider, views=self.views, builtins=self.builtins)
-        self._engines[run["id"]] = engine
-        self._cancel_expiry(run["id"])
-        self._tasks[run["id"]] = asyncio.create_task(self._drive(engine), name=f"run-{run['id']}")
+        engine.unlogged_messages = list(messages or [])
+        log = _RunLog(self.store, run["thread_id"], opening)
+        engine.barrier = log.drain
+        self._engines[run_id] = engine
+        self._logs[run_id] = log
+        self._cancel_expiry(run_id)
+        task = asyncio.create_task(self._drive(engine, log), name=f"run-{run_id}")
+        self._tasks[run_id] = task
         loop = asyncio.get_running_loop()
-        self._deadlines[run["id"]] = loop.call_later(self.run_timeout_s, self._deadline_passed, run["id"])
+        replaced = self._deadlines.get(run_id)
+        if replaced is not None:  # an attempt whose opening failed
+            replaced.cancel()
+        self._deadlines[run_id] = loop.call_later(self.run_timeout_s, self._deadline_passed, run_id)
+        if opening is not None:
+            opening.add_done_callback(lambda done: self._opened(done, task))
+
+    def _opened(self, opening: asyncio.Future[list[StoredEvent]], task: asyncio.Task[None]) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            self._voided.add(task)
+            task.cancel()
 
     def _deadline_passed(self, run_id: str) -> None:
         """An executing run ran out of time: it ends `expired`, its upstream call closed."""
@@ -150,11 +199,9 @@ class RunManager:
     async def _append(self, run: dict[str, Any], events: list[NewEvent]) -> None:
         await self.store.append(run["thread_id"], events)
 
-    async def _drive(self, engine: RunEngine) -> None:
+    async def _drive(self, engine: RunEngine, log: _RunLog) -> None:
         run = engine.run
-        log = _RunLog(self.store, run["thread_id"])
-        self._logs[run["id"]] = log
-        engine.barrier = log.drain
+        task = asyncio.current_task()
         try:
             async for event in engine.events():
                 if event.type in _LAST_EVENTS:
@@ -167,40 +214,63 @@ class RunManager:
                 else:
                     await log.add(event)
             await log.drain()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            # Everything the engine yielded is committed first, so the log never holds half of a step.
-            with contextlib.suppress(Exception):
-                await log.drain()
-            if self._shutting_down:
-                closing = engine.fail("server_error", "The server shut down while this run was in progress.")
-            elif engine.expired:
-                closing = engine.expiring_events()
+        except BaseException as exc:
+            if task in self._voided:
+                return  # the append that would have created the run failed: nothing to close
+            if isinstance(exc, asyncio.CancelledError):
+                await self._closed(engine, log)
+            elif isinstance(exc, Exception):
+                await self._failed(engine, log, exc)
             else:
-                # `cancel()` set the status; its snapshot goes in the same append as the
-                # closing events, so nothing the engine does can land between them.
-                cancelling = [run_event(run)] if run["status"] == "cancelling" else []
-                closing = [*cancelling, *engine.closing_events()]
-            await self._append(run, closing)
-        except Exception as exc:
-            logger.exception("run %s failed", run["id"])
-            with contextlib.suppress(Exception):
-                await log.drain()
-            message = (
-                f"The server had an internal error while running this run ({type(exc).__name__}); "
-                "its log has the details."
-            )
-            await self._append(run, engine.fail("server_error", message))
+                raise
         finally:
-            deadline = self._deadlines.pop(run["id"], None)
-            if deadline is not None:
-                deadline.cancel()
-            self._engines.pop(run["id"], None)
-            self._logs.pop(run["id"], None)
-            self._tasks.pop(run["id"], None)
-            self._finishing.discard(run["id"])
+            self._voided.discard(task)
+            self._forget(run["id"], engine)
+
+    async def _closed(self, engine: RunEngine, log: _RunLog) -> None:
+        """The run's task was cancelled: by a cancel, its deadline, or shutdown."""
+        run = engine.run
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        # Everything the engine yielded is committed first, so the log never holds half of a step.
+        with contextlib.suppress(Exception):
+            await log.drain()
+        if task in self._voided:
+            return
+        if self._shutting_down:
+            closing = engine.fail("server_error", "The server shut down while this run was in progress.")
+        elif engine.expired:
+            closing = engine.expiring_events()
+        else:
+            # `cancel()` set the status; its snapshot goes in the same append as the
+            # closing events, so nothing the engine does can land between them.
+            cancelling = [run_event(run)] if run["status"] == "cancelling" else []
+            closing = [*cancelling, *engine.closing_events()]
+        await self._append(run, closing)
+
+    async def _failed(self, engine: RunEngine, log: _RunLog, exc: Exception) -> None:
+        run = engine.run
+        with contextlib.suppress(Exception):
+            await log.drain()
+        if asyncio.current_task() in self._voided:
+            return
+        logger.exception("run %s failed", run["id"], exc_info=exc)
+        message = (
+            f"The server had an internal error while running this run ({type(exc).__name__}); its log has the details."
+        )
+        await self._append(run, engine.fail("server_error", message))
+
+    def _forget(self, run_id: str, engine: RunEngine) -> None:
+        if self._engines.get(run_id) is not engine:
+            return  # a dropped attempt: the run id belongs to the attempt that replaced it
+        deadline = self._deadlines.pop(run_id, None)
+        if deadline is not None:
+            deadline.cancel()
+        self._engines.pop(run_id, None)
+        self._logs.pop(run_id, None)
+        self._tasks.pop(run_id, None)
+        self._finishing.discard(run_id)
 
     # -- control ---------------------------------------------------------------------------
 
