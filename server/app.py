@@ -22,6 +22,7 @@ from server.auth import BearerKeyMiddleware
 from server.builtins import Builtins
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
+from server.gc_policy import settle_heap
 from server.limits import BodyLimit, CatchAll
 from server.providers import ProviderRegistry
 from server.routes import assistants, files, messages, playground, runs, threads, vector_stores
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> Starlette:
             await manager.recover()
             if stores is not None:
                 await stores.recover()
+            settle_heap()
             yield
         finally:
             await manager.shutdown()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from events.records import NewEvent, StoredEvent
-from events.store import ConcurrencyError, EventStore
+from events.store import ConcurrencyError, EventStore, _execute_rows
 from projections import build_projector
 
 
@@ -409,3 +409,43 @@ async def test_a_failing_append_fails_alone_and_its_batch_commits(store: EventSt
     events = await store.read(after=head)
     assert [e.stream_id for e in events] == [f"s{i}" for i in range(20)]
     assert await store.stream_version("bad") == 0
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 255, 256, 257, 600])
+def test_inserts_go_as_multi_row_statements_with_every_row_in_order(count: int) -> None:
+    """Multi-row VALUES chunks (256, 128, ... rows) insert exactly the rows, in order; an upsert
+    whose rows meet an existing key updates it, as executemany would."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    db.execute("INSERT INTO t VALUES (0, 'old')")
+    rows = [(i, f"v{i}") for i in range(count)]
+    steps = []
+    db.set_trace_callback(steps.append)
+    _execute_rows(db, "INSERT INTO t (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v", rows)
+    db.set_trace_callback(None)
+    stored = db.execute("SELECT k, v FROM t ORDER BY k").fetchall()
+    expected = rows if count else [(0, "old")]
+    assert stored == expected
+    assert len(steps) <= max(1, count.bit_length() + count // 256), steps
+
+
+async def test_the_wal_is_checkpointed_beside_the_writer(db_path: Path) -> None:
+    """Commits never checkpoint (wal_autocheckpoint=0); the store's checkpointer copies the WAL
+    into the database file while it stays open."""
+    store = EventStore(db_path, projector=build_projector())
+    await store.open()
+    try:
+        async with store.reader.execute("PRAGMA main.page_size") as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        before = db_path.stat().st_size
+        payload = "x" * 2000
+        for batch in range(20):
+            await store.append(f"s{batch}", [tick(i, payload=payload) for i in range(100)])
+        # 2,000 events of 2 KB: about 4 MB, all of it first in the WAL.
+        deadline = asyncio.get_running_loop().time() + 10
+        while db_path.stat().st_size < before + 3_000_000:
+            assert asyncio.get_running_loop().time() < deadline, "the WAL was never checkpointed"
+            await asyncio.sleep(0.02)  # polling a file another thread writes
+    finally:
+        await store.close()

@@ -616,3 +616,19 @@ async def test_mountinfo_shows_no_host_paths(make_manager: Factory, tmp_path: Pa
         assert path not in result.logs, f"{path} is visible in the sandbox's mountinfo"
     numbers = await manager.execute("paths", "import numpy, pandas, matplotlib\nprint(int(numpy.ones(3).sum()))")
     assert numbers.logs.strip() == "3"
+
+
+@needs_bwrap
+@pytest.mark.asyncio
+async def test_a_call_right_after_a_session_closes_sees_its_files(make_manager: Factory) -> None:
+    """A new kernel for a session whose old one is still being stopped waits for that: the old
+    one's /mnt/data is detached as it stops, which must not happen under the new kernel."""
+    manager = make_manager(SandboxLimits(wall_time_s=5.0, max_processes=32))
+    await manager.execute("thread_a", "open('/mnt/data/stay.txt', 'w').write('s')")
+    for _ in range(3):
+        _, result = await asyncio.gather(
+            manager.close_session("thread_a"),
+            manager.execute("thread_a", "print(open('/mnt/data/stay.txt').read())"),
+        )
+        assert result.error is None, result.logs
+        assert result.logs.endswith("s\n")

@@ -90,6 +90,7 @@ class SandboxManager:
         self.allow_unsandboxed = allow_unsandboxed
         self._sessions: dict[str, _Session] = {}
         self._expired: OrderedDict[str, str] = OrderedDict()
+        self._closing: dict[str, asyncio.Future[None]] = {}  # sessions whose kernel is being stopped
         self._mode: Mode | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
@@ -115,6 +116,12 @@ class SandboxManager:
         self._ensure_reaper()
         started = time.perf_counter()
         while True:
+            closing = self._closing.get(session_id)
+            if closing is not None:
+                # The session's last kernel is still being shut down: its /mnt/data is
+                # detached at the end of that, which must not happen under a new kernel.
+                await asyncio.shield(closing)
+                continue
             session = self._session(session_id, mode)
             async with session.lock:
                 if session.closed:
@@ -192,6 +199,16 @@ class SandboxManager:
 
     async def _shutdown(self, session: _Session) -> None:
         session.closed = True
+        done = asyncio.get_running_loop().create_future()
+        self._closing[session.session_id] = done
+        try:
+            await self._stop_kernel(session)
+        finally:
+            if self._closing.get(session.session_id) is done:
+                del self._closing[session.session_id]
+            done.set_result(None)
+
+    async def _stop_kernel(self, session: _Session) -> None:
         kernel, session.kernel = session.kernel, None
         if kernel is not None:
             await kernel.kill()
