@@ -964,7 +964,7 @@ async def _section_concurrent(args: argparse.Namespace, bench: Bench) -> list[st
         f"{goal(many['errors'] == 0)}",
         f"{many['runs']} concurrent runs: delta gap p99 {many['gap_p99']:8.1f} ms      goal <= 250 ms     "
         f"{goal(many['gap_p99'] <= 250)}  (pacing {args.concurrent_pace_ms} ms; p50 {many['gap_p50']:.1f} ms)",
-        f"{many['runs']} concurrent runs: emit->client p99{many['latency_p99']:6.1f} ms      goal <= 250 ms     "
+        f"{many['runs']} concurrent runs: emit->client p99 {many['latency_p99']:7.1f} ms    goal <= 250 ms     "
         f"{goal(many['latency_p99'] <= 250)}"
         if not math.isnan(many["latency_p99"])
         else f"{many['runs']} concurrent runs: delta latency: not measured with the fake upstream",
