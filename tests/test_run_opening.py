@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from events.records import NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore
 from projections import build_projector
 from projections.views import ViewReader
-from server.fake_upstream import RunningUpstream, serve_in_thread
+from server.fake_upstream import RunningUpstream  # the `upstream` fixture: tests/runs_fixtures.py
 from server.ids import new_id
 from server.models.threads import CreateMessage
 from server.providers import ENV_BASE_URL, ProviderRegistry
@@ -27,15 +27,6 @@ from server.runs.manager import RunManager
 from server.threads import message_object
 
 MODEL = "fake-model"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RunningUpstream]:
-    running = serve_in_thread()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
