@@ -356,6 +356,15 @@ class EventStore:
         self._queue.put_nowait(_Append(stream_id, events, expected_version, future))
         return future
 
+    async def probe_write(self) -> None:
+        """A write transaction through the writer with no events (it rewrites the views'
+        position): raises if the log cannot take writes now."""
+        if self._writer_task is None or self._writer_task.done():
+            raise RuntimeError("the event store's writer is not running")
+        future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Append("", (), None, future))
+        await future
+
     async def stream_version(self, stream_id: str) -> int:
         """The stream's committed version: what to pass as `expected_version`."""
         cached = self._versions.get(stream_id)

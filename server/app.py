@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 from events.store import EventStore
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
+from server import __version__
 from server.auth import BearerKeyMiddleware
 from server.builtins import Builtins
 from server.config import Settings
@@ -25,6 +26,7 @@ from server.errors import APIError, error_response, exception_handlers
 from server.gc_policy import settle_heap
 from server.limits import BodyLimit, CatchAll
 from server.providers import ProviderRegistry
+from server.request_context import RequestContext
 from server.routes import assistants, files, messages, playground, runs, threads, vector_stores
 from server.runs.manager import RunManager
 from server.services import Services
@@ -39,13 +41,42 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "head": svc.store.head})
 
 
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the log accepts writes: a write transaction through the store's own writer."""
+    svc: Services = request.app.state.services
+    try:
+        await svc.store.probe_write()
+    except Exception as exc:
+        body = APIError(503, f"The event log does not accept writes: {exc}", code="not_ready").body()
+        return JSONResponse(body, status_code=503)
+    return JSONResponse({"status": "ready", "head": svc.store.head})
+
+
+def startup_line(svc: Services, providers: ProviderRegistry) -> str:
+    """What is serving, in one line: version, URLs, storage, models, sandbox, auth."""
+    settings = svc.settings
+    root = f"http://{settings.host}:{settings.port}"
+    upstreams = ", ".join(
+        f"{p.name} {p.base_url} ({', '.join(p.models) if p.models else 'any model'})" for p in providers.all_providers
+    )
+    sandbox = svc.extras.get("sandbox_unavailable")
+    keys = len(settings.api_keys)
+    return (
+        f"Threadlog {__version__} serving the API at {root}/v1 and the playground at {root}/playground; "
+        f"data dir {settings.data_dir.resolve()} (SQLite event log, {settings.sqlite_synchronous}); "
+        f"upstreams: {upstreams or 'none configured'}; "
+        f"code_interpreter: {'sandboxed' if sandbox is None else 'unavailable (' + str(sandbox) + ')'}; "
+        f"auth: {f'on ({keys} key' + ('s' if keys != 1 else '') + ')' if keys else 'off'}"
+    )
+
+
 async def _unknown_cursor(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, UnknownCursor)
     return error_response(APIError(400, str(exc), param=exc.param))
 
 
 def _routes() -> list[BaseRoute]:
-    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
+    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
     for module in (assistants, runs, threads, messages, files, vector_stores, playground):
         routes.extend(module.routes)
     return routes
@@ -57,38 +88,40 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock_data_dir(settings)
-        projector = build_projector()
-        store = EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=projector)
-        await store.open()
-        views = ViewReader(store.reader, projector)
-        manager = RunManager(store, views, providers, run_timeout_s=settings.run_timeout_s)
-        svc = Services(settings=settings, store=store, views=views, runs=manager)
-        manager.builtins = Builtins(svc)
-        app.state.services = svc
-        stores = _vector_stores(svc)
-        interpreter = _code_interpreter(svc)
-        try:
+        # Whatever opened is closed again if a later step fails: a start that fails must
+        # leave no database thread behind that keeps the process from exiting.
+        async with contextlib.AsyncExitStack() as opened:
+            opened.push_async_callback(providers.aclose)
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            opened.callback(_lock_data_dir(settings).close)
+            projector = build_projector()
+            store = EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=projector)
+            opened.push_async_callback(store.close)
+            await store.open()
+            views = ViewReader(store.reader, projector)
+            manager = RunManager(store, views, providers, run_timeout_s=settings.run_timeout_s)
+            svc = Services(settings=settings, store=store, views=views, runs=manager)
+            manager.builtins = Builtins(svc)
+            app.state.services = svc
+            stores = _vector_stores(svc)
+            if stores is not None:
+                opened.push_async_callback(stores.aclose)
+            interpreter = _code_interpreter(svc)
+            if interpreter is not None:
+                opened.push_async_callback(interpreter.aclose)
+            opened.push_async_callback(manager.shutdown)
             await manager.recover()
             if stores is not None:
                 await stores.recover()
             settle_heap()
+            logger.info(startup_line(svc, providers), extra={"event": "startup"})
             yield
-        finally:
-            await manager.shutdown()
-            if stores is not None:
-                await stores.aclose()
-            if interpreter is not None:
-                await interpreter.aclose()
-            await providers.aclose()
-            await store.close()
-            lock.close()
 
     handlers: dict[Any, Any] = {**exception_handlers, UnknownCursor: _unknown_cursor}
     return Starlette(
         routes=_routes(),
         middleware=[
+            Middleware(RequestContext),
             Middleware(CatchAll),
             Middleware(
                 BodyLimit,
@@ -132,6 +165,21 @@ def _code_interpreter(svc: Services) -> Any:
         return None
     svc.extras["code_interpreter"] = interpreter
     return interpreter
+
+
+def check_data_dir(settings: Settings) -> None:
+    """Before serving: the data dir can be made, written, and is not another server's.
+
+    Raises OSError or RuntimeError with a message that names the path, for one line on stderr.
+    """
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / ".threadlog-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"the data dir {settings.data_dir} is not usable: {exc.strerror or exc}") from exc
+    _lock_data_dir(settings).close()
 
 
 def _lock_data_dir(settings: Settings) -> Any:

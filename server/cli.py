@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from server import __version__
 from server.config import ConfigError, Settings
+from server.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="threadlog", description="A self-hosted OpenAI Assistants API v2 server.")
+    parser.add_argument("--version", action="version", version=f"threadlog {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the API server")
@@ -25,7 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--data-dir", type=Path, default=None, help="where the event log and files live")
     serve.add_argument("--providers", type=Path, default=None, help="providers TOML file")
     serve.add_argument("--synchronous", choices=["NORMAL", "FULL"], default=None, help="SQLite durability mode")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format", default="text", choices=LOG_FORMATS, help="text lines, or one JSON object per line"
+    )
 
     replay = commands.add_parser("replay", help="rebuild every view from the event log")
     replay.add_argument("--data-dir", type=Path, required=True)
@@ -59,21 +64,33 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     import uvicorn  # after the settings check, so a refused start is prompt
 
-    from server.app import create_app
+    from server.app import check_data_dir, create_app
     from server.connections import header_timeout_protocol
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
+    try:
+        check_data_dir(settings)
+        app = create_app(settings)
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(f"threadlog: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
-        access_log=False,
+        log_config=None,  # ours (server/logs.py): uvicorn's lines get the same format
+        access_log=False,  # server/request_context.py writes one line per request, with its id
         timeout_graceful_shutdown=5,
         http=header_timeout_protocol(settings.header_timeout_s),
     )
     server = uvicorn.Server(config)
     server.run()
+    if not server.started:
+        # uvicorn logged why ("Application startup failed"); say it in one line and exit
+        # non-zero, so a supervisor sees the failure and restarts or alerts.
+        print("threadlog: the server did not start (see the error above)", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -35,6 +35,8 @@ class ServerProcess:
     host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    log_level: str = "warning"
+    args: tuple[str, ...] = ()  # more `threadlog serve` options
 
     @property
     def base_url(self) -> str:
@@ -61,7 +63,8 @@ class ServerProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--log-level",
-                "warning",
+                self.log_level,
+                *self.args,
             ],
             env=env,
             stdout=log,

@@ -113,6 +113,32 @@ class _RunLog:
             raise self.error
 
 
+def _log_run_end(run: dict[str, Any], seconds: float) -> None:
+    """One line per run that stops executing: ended, or paused for tool outputs."""
+    usage = run.get("usage") or {}
+    error = run.get("last_error") or {}
+    logger.info(
+        "run %s %s (model %s, %s tokens in, %s out, %.0f ms)%s",
+        run["id"],
+        run["status"],
+        run["model"],
+        usage.get("prompt_tokens", 0),
+        usage.get("completion_tokens", 0),
+        seconds * 1000,
+        f": {error.get('code')}: {error.get('message')}" if error else "",
+        extra={
+            "run_id": run["id"],
+            "thread_id": run["thread_id"],
+            "status": run["status"],
+            "model": run["model"],
+            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "completion_tokens": usage.get("completion_tokens", 0),
+            "ms": round(seconds * 1000, 1),
+            "last_error": error.get("code"),
+        },
+    )
+
+
 class CannotCancel(Exception):
     def __init__(self, status: str) -> None:
         super().__init__(f"Cannot cancel run with status '{status}'.")
@@ -202,6 +228,7 @@ class RunManager:
     async def _drive(self, engine: RunEngine, log: _RunLog) -> None:
         run = engine.run
         task = asyncio.current_task()
+        started = time.monotonic()
         try:
             async for event in engine.events():
                 if event.type in _LAST_EVENTS:
@@ -224,6 +251,8 @@ class RunManager:
             else:
                 raise
         finally:
+            if task not in self._voided and self._engines.get(run["id"]) is engine:
+                _log_run_end(engine.run, time.monotonic() - started)
             self._voided.discard(task)
             self._forget(run["id"], engine)
 

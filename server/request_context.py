@@ -1,0 +1,79 @@
+"""Request ids, `openai-processing-ms`, and one access-log line per request.
+
+Every response carries `x-request-id` (OpenAI's header; the SDK exposes it as
+`_request_id`): the client's own, when it sends a usable one, else a new `req_…`. The id
+is in a context variable for the whole request, so every log line the request causes
+names it (see server/logs.py), and so do the run tasks a request starts (asyncio copies
+the context into them). `openai-processing-ms` is the time until the response started;
+the access line, written when the response ends, gives the whole time (a stream's too).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import secrets
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["REQUEST_ID", "RequestContext", "current_request_id"]
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadlog_request_id", default=None)
+
+access_log = logging.getLogger("threadlog.access")
+
+_USABLE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def current_request_id() -> str | None:
+    return REQUEST_ID.get()
+
+
+class RequestContext:
+    """Pure ASGI (a streaming response passes through untouched); outermost middleware."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        request_id = given.decode() if given is not None and _USABLE_ID.fullmatch(given) else _new_id()
+        token = REQUEST_ID.set(request_id)
+        status = 0
+
+        async def send_with_ids(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                processing = f"{(time.perf_counter() - started) * 1000:.0f}"
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode()),
+                    (b"openai-processing-ms", processing.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_ids)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                elapsed = (time.perf_counter() - started) * 1000
+                access_log.info(
+                    "%s %s %d %.1fms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    elapsed,
+                    extra={"method": scope["method"], "path": scope["path"], "status": status, "ms": round(elapsed, 1)},
+                )
+            REQUEST_ID.reset(token)
+
+
+def _new_id() -> str:
+    return "req_" + secrets.token_hex(16)
