@@ -61,12 +61,13 @@ def startup_line(svc: Services, providers: ProviderRegistry) -> str:
     )
     sandbox = svc.extras.get("sandbox_unavailable")
     keys = len(settings.api_keys)
+    auth = f"on ({keys} key{'s' if keys != 1 else ''})" if keys else "off"
     return (
         f"Threadlog {__version__} serving the API at {root}/v1 and the playground at {root}/playground; "
         f"data dir {settings.data_dir.resolve()} (SQLite event log, {settings.sqlite_synchronous}); "
         f"upstreams: {upstreams or 'none configured'}; "
         f"code_interpreter: {'sandboxed' if sandbox is None else 'unavailable (' + str(sandbox) + ')'}; "
-        f"auth: {f'on ({keys} key' + ('s' if keys != 1 else '') + ')' if keys else 'off'}"
+        f"auth: {auth}"
     )
 
 

@@ -58,12 +58,19 @@ class _RunLog:
         self.buffer: list[NewEvent] = []
         # The append that creates the run, when the run starts before it commits: its
         # events come after it, and go nowhere if it fails (the run then never existed).
+        self.opening = opening
         self.inflight: asyncio.Future[list[StoredEvent]] | None = opening
         self.scheduled = False  # a send is due at the end of this turn of the loop
         self.error: BaseException | None = None
         self.idle: asyncio.Future[None] | None = None  # resolved when nothing is scheduled or in flight
         if opening is not None:
             opening.add_done_callback(self._committed)
+
+    @property
+    def voided(self) -> bool:
+        """The append that would have created the run failed: the run must leave no trace."""
+        opening = self.opening
+        return opening is not None and opening.done() and (opening.cancelled() or opening.exception() is not None)
 
     async def add(self, event: NewEvent) -> None:
         if self.error is not None:
@@ -166,7 +173,6 @@ class RunManager:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._finishing: set[str] = set()  # runs whose engine yielded its last event
-        self._voided: set[asyncio.Task[None]] = set()  # runs whose creating append failed
         self._shutting_down = False
 
     # -- starting and driving --------------------------------------------------------------
@@ -204,12 +210,7 @@ class RunManager:
             replaced.cancel()
         self._deadlines[run_id] = loop.call_later(self.run_timeout_s, self._deadline_passed, run_id)
         if opening is not None:
-            opening.add_done_callback(lambda done: self._opened(done, task))
-
-    def _opened(self, opening: asyncio.Future[list[StoredEvent]], task: asyncio.Task[None]) -> None:
-        if opening.cancelled() or opening.exception() is not None:
-            self._voided.add(task)
-            task.cancel()
+            opening.add_done_callback(lambda _: task.cancel() if log.voided else None)
 
     def _deadline_passed(self, run_id: str) -> None:
         """An executing run ran out of time: it ends `expired`, its upstream call closed."""
@@ -227,7 +228,6 @@ class RunManager:
 
     async def _drive(self, engine: RunEngine, log: _RunLog) -> None:
         run = engine.run
-        task = asyncio.current_task()
         started = time.monotonic()
         try:
             async for event in engine.events():
@@ -242,8 +242,8 @@ class RunManager:
                     await log.add(event)
             await log.drain()
         except BaseException as exc:
-            if task in self._voided:
-                return  # the append that would have created the run failed: nothing to close
+            if log.voided:
+                return  # nothing to close: the run never existed
             if isinstance(exc, asyncio.CancelledError):
                 await self._closed(engine, log)
             elif isinstance(exc, Exception):
@@ -251,9 +251,8 @@ class RunManager:
             else:
                 raise
         finally:
-            if task not in self._voided and self._engines.get(run["id"]) is engine:
+            if not log.voided and self._engines.get(run["id"]) is engine:
                 _log_run_end(engine.run, time.monotonic() - started)
-            self._voided.discard(task)
             self._forget(run["id"], engine)
 
     async def _closed(self, engine: RunEngine, log: _RunLog) -> None:
@@ -265,7 +264,7 @@ class RunManager:
         # Everything the engine yielded is committed first, so the log never holds half of a step.
         with contextlib.suppress(Exception):
             await log.drain()
-        if task in self._voided:
+        if log.voided:
             return
         if self._shutting_down:
             closing = engine.fail("server_error", "The server shut down while this run was in progress.")
@@ -282,7 +281,7 @@ class RunManager:
         run = engine.run
         with contextlib.suppress(Exception):
             await log.drain()
-        if asyncio.current_task() in self._voided:
+        if log.voided:
             return
         logger.exception("run %s failed", run["id"], exc_info=exc)
         message = (
