@@ -182,6 +182,7 @@ class _Subscription:
     events: list[StoredEvent] = field(default_factory=list)
     waiter: asyncio.Future[None] | None = None
     overflowed: bool = False
+    ended: bool = False  # the server is shutting down: the reader takes what is left, then stops
 
     LIMIT: ClassVar[int] = 10_000
 
@@ -197,9 +198,15 @@ class _Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def end(self) -> None:
+        self.ended = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def take(self) -> list[StoredEvent]:
         """The events pushed since the last take, waiting for one if there are none."""
-        while not self.events and not self.overflowed:
+        while not self.events and not self.overflowed and not self.ended:
             self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await self.waiter
@@ -236,6 +243,7 @@ class EventStore:
         self._versions: dict[str, int] = {}
         self._head = 0
         self._subs_all: set[_Subscription] = set()
+        self._subscriptions_ended = False
         self._subs_by_stream: dict[str, set[_Subscription]] = {}
         self._subs_by_run: dict[str, set[_Subscription]] = {}
 
@@ -565,6 +573,8 @@ class EventStore:
                     continue
                 while not sub.overflowed:
                     batch = await sub.take()
+                    if not batch and sub.ended:
+                        return
                     if batch and batch[0].sequence <= last:
                         batch = [event for event in batch if event.sequence > last]
                     if batch:
@@ -573,7 +583,20 @@ class EventStore:
         finally:
             self._unregister(sub)
 
+    def end_subscriptions(self) -> None:
+        """Shutting down: every live reader gets what has committed, then its subscription ends.
+
+        So open SSE streams finish as complete responses instead of being cut off when the
+        server closes their connections; a subscription made after this ends the same way.
+        """
+        self._subscriptions_ended = True
+        for subs in (self._subs_all, *self._subs_by_stream.values(), *self._subs_by_run.values()):
+            for sub in list(subs):
+                sub.end()
+
     def _register(self, sub: _Subscription) -> None:
+        if self._subscriptions_ended:
+            sub.ended = True
         if sub.run_id is not None:
             self._subs_by_run.setdefault(sub.run_id, set()).add(sub)
         elif sub.stream_id is not None:

@@ -29,7 +29,7 @@ from server.providers import ProviderRegistry
 from server.request_context import RequestContext
 from server.routes import assistants, files, messages, playground, runs, threads, vector_stores
 from server.runs.manager import RunManager
-from server.services import Services
+from server.services import Services, shutting_down
 
 __all__ = ["create_app"]
 
@@ -44,6 +44,8 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the log accepts writes: a write transaction through the store's own writer."""
     svc: Services = request.app.state.services
+    if svc.draining:
+        return error_response(shutting_down())
     try:
         await svc.store.probe_write()
     except Exception as exc:

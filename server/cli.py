@@ -27,6 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--data-dir", type=Path, default=None, help="where the event log and files live")
     serve.add_argument("--providers", type=Path, default=None, help="providers TOML file")
     serve.add_argument("--synchronous", choices=["NORMAL", "FULL"], default=None, help="SQLite durability mode")
+    serve.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=None,
+        help="on SIGTERM, how long running runs get to finish before they end (default 30, THREADLOG_GRACE_SECONDS)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--log-format", default="text", choices=LOG_FORMATS, help="text lines, or one JSON object per line"
@@ -58,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             providers_file=args.providers,
             sqlite_synchronous=args.synchronous,
+            grace_s=args.grace_seconds,
         )
     except (ConfigError, ValueError) as exc:
         print(f"threadlog: {exc}", file=sys.stderr)
@@ -66,6 +73,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.app import check_data_dir, create_app
     from server.connections import header_timeout_protocol
+    from server.shutdown import GracefulServer, drain
 
     configure_logging(args.log_level, args.log_format)
     try:
@@ -84,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         http=header_timeout_protocol(settings.header_timeout_s),
     )
-    server = uvicorn.Server(config)
+    server = GracefulServer(config, on_drain=lambda: drain(app.state.services, settings.grace_s))
     server.run()
     if not server.started:
         # uvicorn logged why ("Application startup failed"); say it in one line and exit

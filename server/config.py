@@ -29,6 +29,7 @@ class Settings:
     run_expiry_s: int = 600
     run_timeout_s: float = 600.0
     header_timeout_s: float = 15.0
+    grace_s: float = 30.0
     max_file_bytes: int = 512 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     code_wall_time_s: float = 60.0
@@ -72,6 +73,7 @@ class Settings:
             "run_expiry_s": int(env.get("THREADLOG_RUN_EXPIRY_SECONDS", "600")),
             "run_timeout_s": float(env.get("THREADLOG_RUN_TIMEOUT_SECONDS", "600")),
             "header_timeout_s": float(env.get("THREADLOG_HEADER_TIMEOUT_SECONDS", "15")),
+            "grace_s": float(env.get("THREADLOG_GRACE_SECONDS", "30")),
             "max_file_bytes": int(env.get("THREADLOG_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
             "max_request_bytes": int(env.get("THREADLOG_MAX_REQUEST_BYTES", str(32 * 1024 * 1024))),
             "code_wall_time_s": float(env.get("THREADLOG_CODE_TIMEOUT_SECONDS", "60")),
@@ -99,6 +101,8 @@ class Settings:
             )
         if self.run_timeout_s <= 0:
             raise ConfigError("THREADLOG_RUN_TIMEOUT_SECONDS must be positive")
+        if self.grace_s < 0:
+            raise ConfigError("THREADLOG_GRACE_SECONDS (--grace-seconds) must not be negative")
         if self.code_wall_time_s <= 0:
             raise ConfigError("THREADLOG_CODE_TIMEOUT_SECONDS must be positive")
         if self.code_idle_s <= 0 or self.code_max_sessions < 1:

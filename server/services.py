@@ -10,7 +10,7 @@ from starlette.requests import Request
 from events.store import EventStore
 from projections.views import ViewReader
 from server.config import Settings
-from server.errors import not_found
+from server.errors import APIError, not_found
 
 if TYPE_CHECKING:
     from server.runs.manager import RunManager
@@ -23,12 +23,27 @@ class Services:
     views: ViewReader
     runs: RunManager | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    draining: bool = False  # a graceful shutdown began: no new runs (server/shutdown.py)
+
+    def refuse_new_runs_when_draining(self) -> None:
+        if self.draining:
+            raise shutting_down()
 
     async def get_or_404(self, kind: str, object_id: str, label: str | None = None) -> dict[str, Any]:
         doc = await self.views.get(kind, object_id)
         if doc is None:
             raise not_found(label or kind, object_id)
         return doc
+
+
+def shutting_down() -> APIError:
+    """OpenAI's 503 envelope; the SDK retries it by itself (and a load balancer moves on)."""
+    return APIError(
+        503,
+        "The server is shutting down and takes no new runs; retry in a moment (another instance, or this one "
+        "once it has restarted).",
+        code="server_shutting_down",
+    )
 
 
 def services(request: Request) -> Services:

@@ -47,7 +47,9 @@ class ServerProcess:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        env = {**os.environ, **self.env}
+        # A test's stop() should not wait out the production grace period (30 s) for runs it
+        # left running; the shutdown tests set --grace-seconds themselves.
+        env = {**os.environ, "THREADLOG_GRACE_SECONDS": "0", **self.env}
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(

@@ -21,7 +21,7 @@ from server.models.threads import CreateThread
 from server.routes.threads import create_thread_events
 from server.runs.manager import CannotCancel, RunManager
 from server.runs.objects import now
-from server.services import Services, services
+from server.services import Services, services, shutting_down
 from server.sse import OPENAI_STREAM_EVENTS, run_stream_response
 from server.threads import active_run, append_decided, check_attachments, message_object, require_thread
 from server.tool_resources import check_tools
@@ -124,6 +124,7 @@ def _respond(svc: Services, run: dict[str, Any], stored: list[StoredEvent], stre
 
 async def create_run(request: Request) -> Response:
     svc = services(request)
+    svc.refuse_new_runs_when_draining()
     thread_id = request.path_params["thread_id"]
     body = await parse_body(request, CreateRun)
     await require_thread(svc, thread_id)
@@ -148,6 +149,7 @@ async def create_run(request: Request) -> Response:
 
 async def create_thread_and_run(request: Request) -> Response:
     svc = services(request)
+    svc.refuse_new_runs_when_draining()
     body = await parse_body(request, CreateThreadAndRun)
     thread_body = body.thread or CreateThread()
     if body.tool_resources is not None and thread_body.tool_resources is None:
@@ -220,6 +222,10 @@ async def submit_tool_outputs(request: Request) -> Response:
     resumed: dict[str, Any] = {}
 
     async def decide(version: int) -> list[NewEvent]:
+        if _manager(svc).closed:
+            # Past the grace period: the run stays in requires_action and takes its outputs
+            # after the restart (or on another instance).
+            raise shutting_down()
         run = await _run_or_404(svc, thread_id, run_id)
         if run["status"] != "requires_action" or _manager(svc).is_running(run_id):
             raise bad_request(f"Runs in status {run['status']} do not accept tool outputs.")

@@ -366,7 +366,29 @@ class RunManager:
             await asyncio.wait({task})
         await self.store.append(thread_id, [event])
 
+    @property
+    def running(self) -> int:
+        """How many runs are executing (runs waiting for tool outputs are not)."""
+        return len(self._tasks)
+
+    @property
+    def closed(self) -> bool:
+        return self._shutting_down
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Until no run executes, or `timeout` seconds: a graceful stop lets runs finish.
+
+        Runs that start meanwhile (tool outputs submitted to a paused run) are waited for too.
+        """
+        deadline = time.monotonic() + timeout
+        while self._tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.wait(list(self._tasks.values()), timeout=remaining)
+
     async def shutdown(self) -> None:
+        """End every executing run as a restart would (`failed`, `server_error`); idempotent."""
         self._shutting_down = True
         for handle in self._expiry.values():
             handle.cancel()

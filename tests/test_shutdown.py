@@ -1,0 +1,187 @@
+"""Graceful shutdown: SIGTERM stops new runs (503), lets running ones finish, ends open streams
+cleanly and exits 0; past the grace period the runs end as a restart would end them.
+
+Real server processes, the openai SDK's stream helper, the fake upstream pacing its tokens so
+the runs outlast every timer in the stack (uvicorn's 5 s graceful timeout, the 15 s ping).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from server.fake_upstream import RunningUpstream
+from tests.runs_fixtures import MODEL, Recorder, message_value, read_sse, upstream_env, wait_for
+from tests.serverproc import ServerProcess
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+
+
+def _server(upstream: RunningUpstream, data_dir: Path, grace: str) -> ServerProcess:
+    return ServerProcess(
+        data_dir=data_dir, env=upstream_env(upstream), log_level="info", args=("--grace-seconds", grace)
+    ).start()
+
+
+def _client(server: ServerProcess) -> OpenAI:
+    return OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=120)
+
+
+class _Streams:
+    """Runs streamed by the SDK's helper on threads; `started` counts runs that delivered a token."""
+
+    def __init__(self, client: OpenAI, assistant_id: str) -> None:
+        self.client = client
+        self.assistant_id = assistant_id
+        self.pool = ThreadPoolExecutor(max_workers=16)
+        self.started = threading.Semaphore(0)
+
+    def stream(self, text: str) -> Future[tuple[Recorder, Any]]:
+        thread = self.client.beta.threads.create(messages=[{"role": "user", "content": text}])
+        return self.pool.submit(self._read, thread.id)
+
+    def _read(self, thread_id: str) -> tuple[Recorder, Any]:
+        recorder = _FirstDelta(self.started)
+        with self.client.beta.threads.runs.stream(
+            thread_id=thread_id, assistant_id=self.assistant_id, event_handler=recorder
+        ) as stream:
+            stream.until_done()
+            return recorder, stream.get_final_run()
+
+    def wait_started(self, n: int) -> None:
+        for _ in range(n):
+            assert self.started.acquire(timeout=60), "a run never streamed its first token"
+
+
+class _FirstDelta(Recorder):
+    def __init__(self, started: threading.Semaphore) -> None:
+        super().__init__()
+        self._started = started
+        self._seen = False
+
+    def on_event(self, event: Any) -> None:
+        super().on_event(event)
+        if not self._seen and event.event in ("thread.message.delta", "thread.run.requires_action"):
+            self._seen = True
+            self._started.release()
+
+
+def _draining(server: ServerProcess) -> bool:
+    try:
+        return httpx.get(f"{server.root_url}/readyz", timeout=5).status_code == 503
+    except httpx.HTTPError:
+        return False
+
+
+def test_sigterm_lets_ten_streaming_runs_finish_refuses_new_ones_and_exits_0(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    server = _server(upstream, tmp_path / "data", grace="90")
+    client = _client(server)
+    assistant = client.beta.assistants.create(model=MODEL, instructions="shutdown test")
+    streams = _Streams(client, assistant.id)
+    # 200 tokens at 100 ms: each run outlasts uvicorn's 5 s shutdown timeout and the 15 s ping.
+    running = [streams.stream("long: 200\nslow: 100") for _ in range(10)]
+    streams.wait_started(10)
+    idle_thread = client.beta.threads.create(messages=[{"role": "user", "content": "say: later"}])
+
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: _draining(server), timeout=30)
+
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.beta.threads.runs.create(thread_id=idle_thread.id, assistant_id=assistant.id)
+    assert refused.value.status_code == 503
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "server_shutting_down"
+    assert error["type"] == "server_error"
+    assert set(error) == {"message", "type", "param", "code"}
+    with pytest.raises(openai.APIStatusError) as refused_too:
+        client.beta.threads.create_and_run(assistant_id=assistant.id)
+    assert refused_too.value.status_code == 503
+    # Nothing changed: the idle thread has no run, and reads still work while draining.
+    assert client.beta.threads.runs.list(thread_id=idle_thread.id).data == []
+    assert client.beta.threads.retrieve(idle_thread.id).id == idle_thread.id
+
+    finished = [future.result(timeout=120) for future in running]
+    for recorder, run in finished:
+        assert run.status == "completed", run.last_error
+        assert recorder.names[-1] == "thread.run.completed"
+        assert recorder.names.count("thread.message.delta") >= 50
+    assert server.process.wait(timeout=60) == 0
+    log = server.log()
+    assert "shutting down: no new runs; waiting up to 90s for 10 running runs" in log
+    assert "shutdown: runs drained, 0 ended by the shutdown" in log
+
+    again = _server(upstream, tmp_path / "data", grace="0")
+    try:
+        after = _client(again)
+        for _, run in finished:
+            stored = after.beta.threads.runs.retrieve(thread_id=run.thread_id, run_id=run.id)
+            assert stored.status == "completed"
+            text = message_value(after.beta.threads.messages.list(thread_id=run.thread_id).data[0])
+            assert len(text.split()) >= 150
+        assert after.beta.threads.runs.list(thread_id=idle_thread.id).data == []
+    finally:
+        again.stop()
+
+
+def test_past_the_grace_period_runs_end_as_a_restart_ends_them_and_streams_close_cleanly(
+    upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    server = _server(upstream, tmp_path / "data", grace="1")
+    client = _client(server)
+    assistant = client.beta.assistants.create(model=MODEL, instructions="shutdown test", tools=[TOOL])
+    streams = _Streams(client, assistant.id)
+    cut = [streams.stream("long: 1000\nslow: 100") for _ in range(3)]  # 100 s each
+    paused = streams.stream("call: lookup {}")
+    streams.wait_started(4)
+    _, paused_run = paused.result(timeout=60)
+    assert paused_run.status == "requires_action"
+    # Our own events stream of the paused run stays open (it does not stop at requires_action).
+    events_url = f"{server.base_url}/threads/{paused_run.thread_id}/runs/{paused_run.id}/events"
+    with httpx.Client(timeout=60) as http, http.stream("GET", events_url) as follow:
+        assert follow.status_code == 200
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        events = read_sse(follow)  # to the end of the response: it raises if the connection is cut
+    assert [e.event for e in events][-1] == "thread.run.requires_action"
+
+    for future in cut:
+        recorder, run = future.result(timeout=60)
+        assert run.status == "failed"
+        assert run.last_error is not None and run.last_error.code == "server_error"
+        assert recorder.names[-1] == "thread.run.failed"
+    assert server.process.wait(timeout=60) == 0
+    assert "shutdown: runs drained, 3 ended by the shutdown" in server.log()
+
+    again = _server(upstream, tmp_path / "data", grace="0")
+    try:
+        after = _client(again)
+        for future in cut:
+            run = future.result()[1]
+            stored = after.beta.threads.runs.retrieve(thread_id=run.thread_id, run_id=run.id)
+            assert stored.status == "failed"
+            assert stored.last_error is not None and stored.last_error.code == "server_error"
+        # The paused run is completable after the restart, as it would be after any restart.
+        pending = paused_run.required_action.submit_tool_outputs.tool_calls
+        with after.beta.threads.runs.submit_tool_outputs_stream(
+            thread_id=paused_run.thread_id,
+            run_id=paused_run.id,
+            tool_outputs=[{"tool_call_id": c.id, "output": "42"} for c in pending],
+        ) as resumed:
+            resumed.until_done()
+            assert resumed.get_final_run().status == "completed"
+    finally:
+        again.stop()
