@@ -15,7 +15,7 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -226,13 +226,16 @@ class EventStore:
         synchronous: str = "NORMAL",
         projector: Projector | None = None,
         max_batch: int = 2048,
+        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
+        """`on_commit(events, seconds)` is told of each committed transaction (for metrics)."""
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, not {synchronous!r}")
         self.path = path
         self.synchronous = synchronous
         self.projector = projector
         self._max_batch = max_batch
+        self._on_commit = on_commit
         self._writer_conn: aiosqlite.Connection | None = None
         self._reader_conn: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
@@ -463,6 +466,7 @@ class EventStore:
         if not accepted:
             return
         statements: list[Statement] = [(_INSERT, rows)]
+        started = time.perf_counter()
         try:
             if projector is not None:
                 statements.extend(projector.flush_statements(sequence))
@@ -479,6 +483,8 @@ class EventStore:
                 if not req.future.done():
                     req.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
             raise
+        if self._on_commit is not None:
+            self._on_commit(len(rows), time.perf_counter() - started)
         versions.update(pending)
         self._head = sequence
         self._wal_grew.set()

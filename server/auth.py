@@ -9,7 +9,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import APIError
 
-__all__ = ["BearerKeyMiddleware"]
+__all__ = ["BearerKeyMiddleware", "bearer_token", "holds_key"]
+
+
+def bearer_token(headers: dict[bytes, bytes]) -> bytes | None:
+    scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else None
+
+
+def holds_key(headers: dict[bytes, bytes], keys: frozenset[str]) -> bool:
+    token = bearer_token(headers)
+    return token is not None and any(hmac.compare_digest(token, key.encode()) for key in keys)
 
 
 class BearerKeyMiddleware:

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 
 from events.records import NewEvent
+from server import metrics
 from server.ids import new_id
 from server.runs.engine import ToolResult
 from server.sandbox import InputFile, OutputFile, SandboxLimits, SandboxManager, SandboxUnavailable, sandbox_status
@@ -55,6 +56,7 @@ class CodeInterpreter:
         )
         manager = SandboxManager(settings.sandbox_dir, limits, allow_unsandboxed=settings.allow_unsandboxed_code)
         logger.info("code_interpreter memory cap: %s", manager.memory_cap)
+        metrics.watch_sandbox(lambda: manager.live_sessions, lambda: manager.kills)
         return cls(svc, manager, None)
 
     async def aclose(self) -> None:

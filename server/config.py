@@ -23,6 +23,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: frozenset[str] = frozenset()
+    admin_keys: frozenset[str] = frozenset()
     sqlite_synchronous: str = "NORMAL"
     providers_file: Path | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -67,6 +68,7 @@ class Settings:
             "host": env.get("THREADLOG_HOST", "127.0.0.1"),
             "port": int(env.get("THREADLOG_PORT", "8000")),
             "api_keys": keys,
+            "admin_keys": frozenset(k.strip() for k in env.get("THREADLOG_ADMIN_KEYS", "").split(",") if k.strip()),
             "sqlite_synchronous": env.get("THREADLOG_SQLITE_SYNCHRONOUS", "NORMAL").upper(),
             "providers_file": Path(env["THREADLOG_PROVIDERS_FILE"]) if env.get("THREADLOG_PROVIDERS_FILE") else None,
             "env": env,

@@ -15,8 +15,12 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import metrics
 
 __all__ = ["REQUEST_ID", "RequestContext", "current_request_id"]
 
@@ -34,8 +38,11 @@ def current_request_id() -> str | None:
 class RequestContext:
     """Pure ASGI (a streaming response passes through untouched); outermost middleware."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, route_templates: Mapping[Any, str] | None = None) -> None:
         self.app = app
+        # The router leaves the matched endpoint in the scope; its route's template is the
+        # metrics label (bounded, unlike the raw path).
+        self.route_templates = dict(route_templates or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,8 +69,11 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_ids)
         finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            route = self.route_templates.get(scope.get("endpoint"), "unmatched")
+            metrics.REQUESTS.labels(route, scope["method"], str(status)).inc()
+            metrics.REQUEST_SECONDS.labels(route, scope["method"]).observe(elapsed / 1000)
             if access_log.isEnabledFor(logging.INFO):
-                elapsed = (time.perf_counter() - started) * 1000
                 access_log.info(
                     "%s %s %d %.1fms",
                     scope["method"],

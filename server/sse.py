@@ -10,6 +10,7 @@ from starlette.types import Message, Send
 
 from events.records import StoredEvent, encode
 from events.store import EventStore
+from server import metrics
 
 __all__ = ["OPENAI_STREAM_EVENTS", "encode_item", "run_stream", "run_stream_response", "without_content"]
 
@@ -80,25 +81,29 @@ async def run_stream(
     a busy run gets one write for many events. Messages named in `redact` (deleted since)
     are replayed without their content.
     """
-    if prefix:
-        yield b"".join(_encoded(event, redact) for event in prefix)
-        after = max(after, prefix[-1].sequence)
-    ended = False
-    async for batch in store.subscribe_batches(after=after, run_id=run_id):
-        parts = []
-        for event in batch:
-            if event.type not in OPENAI_STREAM_EVENTS:
-                continue
-            parts.append(_encoded(event, redact))
-            if event.type in _RUN_END or (stop_at_requires_action and event.type == _PAUSE):
-                ended = True
-                break
-        if ended:
-            parts.append(_DONE)
-            yield b"".join(parts)
-            return
-        if parts:
-            yield b"".join(parts) if len(parts) > 1 else parts[0]
+    metrics.SSE_STREAMS.inc()
+    try:
+        if prefix:
+            yield b"".join(_encoded(event, redact) for event in prefix)
+            after = max(after, prefix[-1].sequence)
+        ended = False
+        async for batch in store.subscribe_batches(after=after, run_id=run_id):
+            parts = []
+            for event in batch:
+                if event.type not in OPENAI_STREAM_EVENTS:
+                    continue
+                parts.append(_encoded(event, redact))
+                if event.type in _RUN_END or (stop_at_requires_action and event.type == _PAUSE):
+                    ended = True
+                    break
+            if ended:
+                parts.append(_DONE)
+                yield b"".join(parts)
+                return
+            if parts:
+                yield b"".join(parts) if len(parts) > 1 else parts[0]
+    finally:
+        metrics.SSE_STREAMS.dec()
 
 
 def run_stream_response(

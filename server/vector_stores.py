@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from events.records import NewEvent
+from server import metrics
 from server.ids import new_id
 from server.runs.engine import ToolResult
 from server.services import Services
@@ -84,6 +85,7 @@ class VectorStores:
         self._limit = asyncio.Semaphore(2)
         self._ingested = asyncio.Condition()
         self._pending: dict[str, int] = {}
+        metrics.watch(metrics.INGESTION_QUEUE, lambda: sum(self._pending.values()))
 
     def new_id(self) -> str:
         return new_id("vs_")
@@ -234,6 +236,7 @@ class VectorStores:
                 done = {**latest, "status": "completed", "usage_bytes": usage}
                 await self.svc.store.append(store_id, [NewEvent("vector_store.file.completed", done)])
             else:
+                metrics.INGESTION_FAILURES.inc()
                 failed = {**latest, "status": "failed", "last_error": error}
                 await self.svc.store.append(store_id, [NewEvent("vector_store.file.failed", failed)])
 

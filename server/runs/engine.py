@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from events.records import NewEvent
 from projections.views import ViewReader
+from server import metrics
 from server.completions import UpstreamError, stream_chat_completion
 from server.ids import new_id
 from server.providers import Provider
@@ -155,6 +157,8 @@ class RunEngine:
             calls: list[_Call] = []
             finish_reason: str | None = None
             turn_usage: dict[str, int] | None = None
+            called = time.perf_counter()
+            first_token = False
             try:
                 async for chunk in stream_chat_completion(self.provider, request):
                     if chunk.usage is not None:
@@ -165,6 +169,11 @@ class RunEngine:
                         }
                     for choice in chunk.choices:
                         delta = choice.delta
+                        if not first_token and (delta.content or delta.tool_calls):
+                            first_token = True
+                            metrics.TIME_TO_FIRST_TOKEN.labels(self.run["model"], self.provider.name).observe(
+                                time.perf_counter() - called
+                            )
                         if delta.content:
                             for event in self._on_text(delta.content):
                                 yield event
@@ -174,12 +183,17 @@ class RunEngine:
                         if choice.finish_reason:
                             finish_reason = choice.finish_reason
             except UpstreamError as exc:
+                metrics.UPSTREAM_ERRORS.labels(self.provider.name, exc.code).inc()
                 for event in self._finish_failed(exc.code, exc.message):
                     yield event
                 return
             for event in self._announce_pending(calls):
                 yield event
             self._add_usage(turn_usage)
+            if turn_usage:
+                model, provider = self.run["model"], self.provider.name
+                metrics.TOKENS.labels(model, provider, "in").inc(turn_usage["prompt_tokens"] or 0)
+                metrics.TOKENS.labels(model, provider, "out").inc(turn_usage["completion_tokens"] or 0)
             truncated = finish_reason == "length"
             for event in self._complete_message(turn_usage if not calls else None, truncated):
                 yield event

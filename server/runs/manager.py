@@ -17,6 +17,7 @@ from typing import Any
 from events.records import NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore
 from projections.views import ViewReader
+from server import metrics
 from server.providers import ProviderRegistry
 from server.runs import objects
 from server.runs.engine import BuiltinTools, RunEngine
@@ -252,7 +253,10 @@ class RunManager:
                 raise
         finally:
             if not log.voided and self._engines.get(run["id"]) is engine:
-                _log_run_end(engine.run, time.monotonic() - started)
+                seconds = time.monotonic() - started
+                _log_run_end(engine.run, seconds)
+                metrics.RUNS.labels(engine.run["status"], engine.run["model"]).inc()
+                metrics.RUN_SECONDS.labels(engine.run["model"]).observe(seconds)
             self._forget(run["id"], engine)
 
     async def _closed(self, engine: RunEngine, log: _RunLog) -> None:

@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +74,17 @@ class _Session:
     cgroup: SessionCgroup | None = None
 
 
+# The kernel's error lines for a call it interrupted at a limit (server/sandbox/kernel.py), and
+# the reason each is counted under; a call that had to be killed is counted by `_interpret`.
+_LIMIT_ERRORS = (
+    ("Execution timed out", "wall_time"),
+    ("CPU time limit exceeded", "cpu_time"),
+    ("Memory limit exceeded", "memory"),
+    ("Process limit exceeded", "processes"),
+    ("File size limit exceeded", "file_size"),
+)
+
+
 class SandboxManager:
     """Runs model-written Python per thread in bubblewrap sandboxes."""
 
@@ -89,6 +100,7 @@ class SandboxManager:
         self.limits = limits
         self.allow_unsandboxed = allow_unsandboxed
         self._sessions: dict[str, _Session] = {}
+        self.kills: Counter[str] = Counter()  # calls stopped by a limit, by reason (for metrics)
         self._expired: OrderedDict[str, str] = OrderedDict()
         self._closing: dict[str, asyncio.Future[None]] = {}  # sessions whose kernel is being stopped
         self._mode: Mode | None = None
@@ -185,6 +197,11 @@ class SandboxManager:
         return self._cgroups
 
     # --- sessions ---------------------------------------------------------
+    @property
+    def live_sessions(self) -> int:
+        """Sessions with a running Python process."""
+        return sum(1 for s in self._sessions.values() if s.kernel is not None and s.kernel.alive)
+
     def _session(self, session_id: str, mode: Mode) -> _Session:
         session = self._sessions.get(session_id)
         if session is None:
@@ -409,6 +426,7 @@ class SandboxManager:
             elif free < limits.disk_reserve_bytes:
                 reason = "The server's disk is nearly full; the call was stopped."
             if reason is not None:
+                self.kills["disk_quota" if measured and used > limits.disk_quota_bytes else "disk_reserve"] += 1
                 await kernel.kill()
                 return reason
 
@@ -433,11 +451,16 @@ class SandboxManager:
         wall = f"{self.limits.wall_time_s:g}"
         if outcome.outcome == "ok":
             error = outcome.reply.get("error")
+            if error is not None:
+                limit = next((name for prefix, name in _LIMIT_ERRORS if str(error).startswith(prefix)), None)
+                if limit is not None:
+                    self.kills[limit] += 1
             return (str(error) if error is not None else None), None
         session.kernel = None
         if session.closed:
             return "Session was closed", "[The session was closed while this call ran.]"
         if outcome.outcome == "timeout":
+            self.kills["wall_time_killed"] += 1
             session.restart_note = "the previous call timed out"
             return (
                 f"Execution timed out after {wall}s",
@@ -446,6 +469,7 @@ class SandboxManager:
             )
         session.restart_note = "the previous call crashed it"
         detail = outcome.exit_detail
+        self.kills["died"] += 1
         if "SIGKILL" in detail or "SIGSEGV" in detail or "SIGABRT" in detail:
             error = f"Python process died ({detail}); possibly the memory limit was exceeded"
         else:
