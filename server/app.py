@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from events.store import EventStore
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
-from server import __version__
+from server import __version__, metrics
 from server.auth import BearerKeyMiddleware
 from server.builtins import Builtins
 from server.config import Settings
@@ -27,7 +27,7 @@ from server.gc_policy import settle_heap
 from server.limits import BodyLimit, CatchAll
 from server.providers import ProviderRegistry
 from server.request_context import RequestContext
-from server.routes import assistants, files, messages, playground, runs, threads, vector_stores
+from server.routes import assistants, files, messages, passthrough, playground, runs, threads, vector_stores
 from server.runs.manager import RunManager
 from server.services import Services, shutting_down
 
@@ -79,8 +79,12 @@ async def _unknown_cursor(request: Request, exc: Exception) -> Response:
 
 
 def _routes() -> list[BaseRoute]:
-    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
-    for module in (assistants, runs, threads, messages, files, vector_stores, playground):
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
+    ]
+    for module in (assistants, runs, threads, messages, files, vector_stores, passthrough, playground):
         routes.extend(module.routes)
     return routes
 
@@ -98,7 +102,12 @@ def create_app(settings: Settings) -> Starlette:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             opened.callback(_lock_data_dir(settings).close)
             projector = build_projector()
-            store = EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=projector)
+            store = EventStore(
+                settings.db_path,
+                synchronous=settings.sqlite_synchronous,
+                projector=projector,
+                on_commit=metrics.observe_commit,
+            )
             opened.push_async_callback(store.close)
             await store.open()
             views = ViewReader(store.reader, projector)
@@ -121,10 +130,12 @@ def create_app(settings: Settings) -> Starlette:
             yield
 
     handlers: dict[Any, Any] = {**exception_handlers, UnknownCursor: _unknown_cursor}
+    routes = _routes()
+    templates = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
     return Starlette(
-        routes=_routes(),
+        routes=routes,
         middleware=[
-            Middleware(RequestContext),
+            Middleware(RequestContext, route_templates=templates),
             Middleware(CatchAll),
             Middleware(
                 BodyLimit,

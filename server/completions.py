@@ -35,7 +35,7 @@ from server.completion_chunks import Chunk, MalformedChunk
 if TYPE_CHECKING:
     from server.providers import Provider
 
-__all__ = ["ErrorCode", "UpstreamError", "aclose_clients", "stream_chat_completion"]
+__all__ = ["ErrorCode", "UpstreamError", "aclose_clients", "session_for", "stream_chat_completion"]
 
 ErrorCode = Literal["rate_limit_exceeded", "server_error", "invalid_prompt"]
 
@@ -70,7 +70,7 @@ _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Provider, a
 _sessions = weakref.WeakKeyDictionary()
 
 
-def _session_for(provider: Provider) -> aiohttp.ClientSession:
+def session_for(provider: Provider) -> aiohttp.ClientSession:
     per_loop = _sessions.setdefault(asyncio.get_running_loop(), {})
     session = per_loop.get(provider)
     if session is None or session.closed:
@@ -186,7 +186,7 @@ def _parse_event(provider: Provider, event: bytes) -> Chunk:
 
 async def _open(provider: Provider, payload: bytes) -> aiohttp.ClientResponse:
     """POST the request, retrying as the openai SDK does; returns a 2xx response, body unread."""
-    session = _session_for(provider)
+    session = session_for(provider)
     url = provider.base_url.rstrip("/") + "/chat/completions"
     attempt = 0
     while True:

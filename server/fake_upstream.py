@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import hashlib
 import itertools
 import json
 import re
@@ -214,6 +215,18 @@ def _int_or_none(rest: str) -> int | None:
         return int(rest.strip())
     except ValueError:
         return None
+
+
+def fake_embedding(text: str, dimensions: int) -> list[float]:
+    """A unit vector from the text's hash: the same text always gets the same vector."""
+    digest = b""
+    counter = 0
+    while len(digest) < dimensions:
+        digest += hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        counter += 1
+    values = [(b - 127.5) / 127.5 for b in digest[:dimensions]]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return [round(v / norm, 6) for v in values]
 
 
 def parse_directives(text: str) -> Directives:
@@ -849,6 +862,35 @@ def create_app(latency_s: float = 0.0, api_key: str | None = None) -> Starlette:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "threadlog"} for m in state.models()]
         return JSONResponse({"object": "list", "data": data})
 
+    async def embeddings(request: Request) -> Response:
+        """Deterministic vectors (from a hash of each input), in OpenAI's shape."""
+        if not _authorized(request, state):
+            return _unauthorized()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error_response(400, "We could not parse the JSON body of your request.")
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+            return error_response(400, "'input' must be a string or a list of strings.")
+        state.record_request(body)
+        dimensions = int(body.get("dimensions") or 8)
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_embedding(text, dimensions)}
+            for i, text in enumerate(inputs)
+        ]
+        tokens = sum(len(text.split()) for text in inputs)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": str(body.get("model") or "fake-embedding"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
     async def get_requests(request: Request) -> Response:
         return JSONResponse(state.requests())
 
@@ -863,6 +905,7 @@ def create_app(latency_s: float = 0.0, api_key: str | None = None) -> Starlette:
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/_requests", get_requests, methods=["GET"]),
             Route("/_reset", post_reset, methods=["POST"]),
             Route("/_stats", get_stats, methods=["GET"]),
