@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--data-dir", type=Path, required=True)
     replay.add_argument("--verify", action="store_true", help="compare the rebuilt views with the live ones")
 
+    backup = commands.add_parser("backup", help="copy a data dir, consistently, while the server runs")
+    backup.add_argument("--to", type=Path, required=True, help="a new (or empty) directory")
+    backup.add_argument("--data-dir", type=Path, default=None, help="default: THREADLOG_DATA_DIR or ./threadlog-data")
+
+    restore = commands.add_parser("restore", help="make a data dir from a backup")
+    restore.add_argument("--from", dest="source", type=Path, required=True, help="a directory made by backup")
+    restore.add_argument("--data-dir", type=Path, default=None, help="a new data dir (no event log in it)")
+
     fake = commands.add_parser("fake-upstream", help="a deterministic Chat Completions server for demos and tests")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9000)
@@ -51,6 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "backup":
+        return _backup(args)
+    if args.command == "restore":
+        return _restore(args)
     from server import fake_upstream
 
     return fake_upstream.main(["--host", args.host, "--port", str(args.port)]) or 0
@@ -99,6 +113,38 @@ def _serve(args: argparse.Namespace) -> int:
         # non-zero, so a supervisor sees the failure and restarts or alerts.
         print("threadlog: the server did not start (see the error above)", file=sys.stderr)
         return 3
+    return 0
+
+
+def _data_dir(given: Path | None) -> Path:
+    """As `serve` picks it: the option, else THREADLOG_DATA_DIR, else ./threadlog-data."""
+    return given if given is not None else Path(os.environ.get("THREADLOG_DATA_DIR", "./threadlog-data"))
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from server.backup import backup
+
+    try:
+        report = backup(_data_dir(args.data_dir), args.to)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"threadlog: {exc}", file=sys.stderr)
+        return 2
+    print(f"backed up {report.events} events ({report.bytes / 1e6:.1f} MB) to {args.to}")
+    if report.missing_files:
+        print(f"note: {len(report.missing_files)} files were deleted while copying: {', '.join(report.missing_files)}")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from server.backup import restore
+
+    data_dir = _data_dir(args.data_dir)
+    try:
+        events = restore(args.source, data_dir)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"threadlog: {exc}", file=sys.stderr)
+        return 2
+    print(f"restored {events} events into {data_dir}; check it with: threadlog replay --data-dir {data_dir} --verify")
     return 0
 
 

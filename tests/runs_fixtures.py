@@ -8,8 +8,10 @@ tests/conftest.py registers this module as a plugin, so the fixtures (``upstream
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -281,3 +283,42 @@ def http_client(server: ServerProcess, headers: Mapping[str, str] | None = None)
 
 def log_head(server: ServerProcess) -> int:
     return int(httpx.get(f"{server.root_url}/healthz", timeout=10).json()["head"])
+
+
+class StreamingRuns:
+    """Runs streamed by the SDK's helper on threads; `started` counts runs that delivered a token."""
+
+    def __init__(self, client: OpenAI, assistant_id: str) -> None:
+        self.client = client
+        self.assistant_id = assistant_id
+        self.pool = ThreadPoolExecutor(max_workers=16)
+        self.started = threading.Semaphore(0)
+
+    def stream(self, text: str) -> Future[tuple[Recorder, Any]]:
+        thread = self.client.beta.threads.create(messages=[{"role": "user", "content": text}])
+        return self.pool.submit(self._read, thread.id)
+
+    def _read(self, thread_id: str) -> tuple[Recorder, Any]:
+        recorder = _FirstDelta(self.started)
+        with self.client.beta.threads.runs.stream(
+            thread_id=thread_id, assistant_id=self.assistant_id, event_handler=recorder
+        ) as stream:
+            stream.until_done()
+            return recorder, stream.get_final_run()
+
+    def wait_started(self, n: int) -> None:
+        for _ in range(n):
+            assert self.started.acquire(timeout=60), "a run never streamed its first token"
+
+
+class _FirstDelta(Recorder):
+    def __init__(self, started: threading.Semaphore) -> None:
+        super().__init__()
+        self._started = started
+        self._seen = False
+
+    def on_event(self, event: Any) -> None:
+        super().on_event(event)
+        if not self._seen and event.event in ("thread.message.delta", "thread.run.requires_action"):
+            self._seen = True
+            self._started.release()

@@ -8,10 +8,7 @@ the runs outlast every timer in the stack (uvicorn's 5 s graceful timeout, the 1
 from __future__ import annotations
 
 import signal
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import openai
@@ -19,7 +16,7 @@ import pytest
 from openai import OpenAI
 
 from server.fake_upstream import RunningUpstream
-from tests.runs_fixtures import MODEL, Recorder, message_value, read_sse, upstream_env, wait_for
+from tests.runs_fixtures import MODEL, StreamingRuns, message_value, read_sse, upstream_env, wait_for
 from tests.serverproc import ServerProcess
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -37,45 +34,6 @@ def _client(server: ServerProcess) -> OpenAI:
     return OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=120)
 
 
-class _Streams:
-    """Runs streamed by the SDK's helper on threads; `started` counts runs that delivered a token."""
-
-    def __init__(self, client: OpenAI, assistant_id: str) -> None:
-        self.client = client
-        self.assistant_id = assistant_id
-        self.pool = ThreadPoolExecutor(max_workers=16)
-        self.started = threading.Semaphore(0)
-
-    def stream(self, text: str) -> Future[tuple[Recorder, Any]]:
-        thread = self.client.beta.threads.create(messages=[{"role": "user", "content": text}])
-        return self.pool.submit(self._read, thread.id)
-
-    def _read(self, thread_id: str) -> tuple[Recorder, Any]:
-        recorder = _FirstDelta(self.started)
-        with self.client.beta.threads.runs.stream(
-            thread_id=thread_id, assistant_id=self.assistant_id, event_handler=recorder
-        ) as stream:
-            stream.until_done()
-            return recorder, stream.get_final_run()
-
-    def wait_started(self, n: int) -> None:
-        for _ in range(n):
-            assert self.started.acquire(timeout=60), "a run never streamed its first token"
-
-
-class _FirstDelta(Recorder):
-    def __init__(self, started: threading.Semaphore) -> None:
-        super().__init__()
-        self._started = started
-        self._seen = False
-
-    def on_event(self, event: Any) -> None:
-        super().on_event(event)
-        if not self._seen and event.event in ("thread.message.delta", "thread.run.requires_action"):
-            self._seen = True
-            self._started.release()
-
-
 def _draining(server: ServerProcess) -> bool:
     try:
         return httpx.get(f"{server.root_url}/readyz", timeout=5).status_code == 503
@@ -89,7 +47,7 @@ def test_sigterm_lets_ten_streaming_runs_finish_refuses_new_ones_and_exits_0(
     server = _server(upstream, tmp_path / "data", grace="90")
     client = _client(server)
     assistant = client.beta.assistants.create(model=MODEL, instructions="shutdown test")
-    streams = _Streams(client, assistant.id)
+    streams = StreamingRuns(client, assistant.id)
     # 200 tokens at 100 ms: each run outlasts uvicorn's 5 s shutdown timeout and the 15 s ping.
     running = [streams.stream("long: 200\nslow: 100") for _ in range(10)]
     streams.wait_started(10)
@@ -143,7 +101,7 @@ def test_past_the_grace_period_runs_end_as_a_restart_ends_them_and_streams_close
     server = _server(upstream, tmp_path / "data", grace="1")
     client = _client(server)
     assistant = client.beta.assistants.create(model=MODEL, instructions="shutdown test", tools=[TOOL])
-    streams = _Streams(client, assistant.id)
+    streams = StreamingRuns(client, assistant.id)
     cut = [streams.stream("long: 1000\nslow: 100") for _ in range(3)]  # 100 s each
     paused = streams.stream("call: lookup {}")
     streams.wait_started(4)
