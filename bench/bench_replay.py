@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import json
@@ -27,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import calibration, machine, uptime
+from events.compaction import compact
 from events.records import SCHEMA_VERSION, encode
 from events.store import EventStore, open_connection
 from projections import build_projector
@@ -316,6 +318,22 @@ def main() -> None:
                 f"first {upto:,} events folded skipping superseded work ({upto / fast_s:,.0f} events/s) and "
                 f"event by event ({upto / full_s:,.0f} events/s): {same}"
             )
+        # What `threadlog compact --older-than 30d` runs (the log's runs all ended in 2023), then
+        # the size the compacted log takes once its free pages are given back (VACUUM INTO).
+        compacted = compact(db_path, 30 * 86400)
+        vacuumed = Path(tmp) / "compacted.sqlite"
+        with contextlib.closing(sqlite3.connect(db_path)) as conn:
+            conn.execute(f"VACUUM INTO '{vacuumed}'")
+        compacted_size = vacuumed.stat().st_size / 1e6
+        after_check = asyncio.run(verify(vacuumed, build_projector()))
+        after_status = "OK" if after_check.difference is None else f"MISMATCH {after_check.difference}"
+        compaction = (
+            f"{compacted.runs:,} runs, {compacted.events_removed:,} delta events removed in {compacted.seconds:.1f}s; "
+            f"payload per run {compacted.bytes_per_run_before:,.0f} -> {compacted.bytes_per_run_after:,.0f} bytes; "
+            f"log file {size:,.0f} MB -> {compacted_size:,.0f} MB ({compacted_size / size:.0%}); "
+            f"verify after compaction: {after_status}"
+        )
+        print(f"compact: {compaction}")
         verdict = "met" if best.events_per_second >= GOAL_EVENTS_PER_S else "MISSED"
         print("\n== summary: projection rebuild (threadlog replay)")
         print(f"   {machine()}")
@@ -330,6 +348,7 @@ def main() -> None:
         )
         print(f"   verify (rebuilt == live): {status}, {checked.events_per_second:,.0f} events/s")
         print(f"   equivalence: {equivalence}")
+        print(f"   compaction (threadlog compact --older-than 30d): {compaction}")
         if args.profile or verdict == "MISSED":
             profile_fold(db_path, min(count, 200_000))
 

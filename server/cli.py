@@ -52,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore.add_argument("--from", dest="source", type=Path, required=True, help="a directory made by backup")
     restore.add_argument("--data-dir", type=Path, default=None, help="a new data dir (no event log in it)")
 
+    compact = commands.add_parser("compact", help="drop the deltas of runs that ended long ago (snapshots stay)")
+    compact.add_argument(
+        "--older-than", required=True, type=_duration, help="runs that ended before this long ago: 30d, 12h, 90m, 0s"
+    )
+    compact.add_argument("--data-dir", type=Path, default=None, help="default: THREADLOG_DATA_DIR or ./threadlog-data")
+
     fake = commands.add_parser("fake-upstream", help="a deterministic Chat Completions server for demos and tests")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9000)
@@ -61,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "compact":
+        return _compact(args)
     if args.command == "backup":
         return _backup(args)
     if args.command == "restore":
@@ -119,6 +127,47 @@ def _serve(args: argparse.Namespace) -> int:
 def _data_dir(given: Path | None) -> Path:
     """As `serve` picks it: the option, else THREADLOG_DATA_DIR, else ./threadlog-data."""
     return given if given is not None else Path(os.environ.get("THREADLOG_DATA_DIR", "./threadlog-data"))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """`30d`, `12h`, `90m`, `45s` (a bare number is seconds)."""
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use 30d, 12h, 90m or 45s)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a duration cannot be negative")
+    return value
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from events.compaction import compact
+
+    db_path = _data_dir(args.data_dir) / "threadlog.sqlite"
+    if not db_path.exists():
+        print(f"threadlog: no event log at {db_path}", file=sys.stderr)
+        return 2
+
+    def progress(done: int, total: int) -> None:
+        print(f"compacted {done}/{total} runs", file=sys.stderr, flush=True)
+
+    try:
+        report = compact(db_path, args.older_than, progress=progress)
+    except sqlite3.Error as exc:
+        print(f"threadlog: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"compacted {report.runs} runs: removed {report.events_removed} delta events; "
+        f"{report.bytes_per_run_before:,.0f} bytes per run before, {report.bytes_per_run_after:,.0f} after "
+        f"({report.seconds:.2f}s)"
+    )
+    return 0
 
 
 def _backup(args: argparse.Namespace) -> int:

@@ -1,0 +1,98 @@
+"""Bounded log growth: drop the text and step deltas of runs that ended long enough ago.
+
+Most of a log is deltas (`thread.message.delta`, `thread.run.step.delta`), and the snapshot
+that closes each message and step (`thread.message.completed`, `thread.run.step.completed`,
+or the failed / incomplete / cancelled one) holds everything they said. No view is folded
+from a delta, so views, `replay --verify` and the event viewer stay as they were; a compacted
+run replays as its snapshots. Runs that have not ended keep every event (a client may still
+resume their stream). Sequences of the dropped events simply stay unused: readers go by
+"after sequence N", and no stream's last event is a delta of an ended run, so the next
+sequence and every stream's next version are unchanged.
+
+It runs beside a live server: each batch of runs is one short write transaction, which the
+server's writer waits out like any other (both use SQLite's busy timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DELTA_TYPES", "CompactionReport", "compact"]
+
+DELTA_TYPES = ("thread.message.delta", "thread.run.step.delta")
+_RUN_ENDS = tuple(f"thread.run.{status}" for status in ("completed", "incomplete", "failed", "cancelled", "expired"))
+
+
+@dataclass(frozen=True)
+class CompactionReport:
+    runs: int  # runs whose deltas were dropped (those that had any)
+    events_removed: int
+    bytes_before: int  # payload bytes of those runs' events, before and after
+    bytes_after: int
+    seconds: float
+
+    @property
+    def bytes_per_run_before(self) -> float:
+        return self.bytes_before / self.runs if self.runs else 0.0
+
+    @property
+    def bytes_per_run_after(self) -> float:
+        return self.bytes_after / self.runs if self.runs else 0.0
+
+
+def compact(
+    db_path: Path,
+    older_than_s: float,
+    *,
+    now: float | None = None,
+    batch_runs: int = 200,
+    progress: Callable[[int, int], None] | None = None,
+) -> CompactionReport:
+    """Drop the deltas of runs that ended more than `older_than_s` seconds before `now`."""
+    started = time.perf_counter()
+    cutoff = (time.time() if now is None else now) - older_than_s
+    with contextlib.closing(sqlite3.connect(db_path, timeout=30, isolation_level=None)) as conn:
+        conn.execute("PRAGMA busy_timeout=30000")
+        ended = _ended_runs_with_deltas(conn, cutoff)
+        runs = removed = before = after = 0
+        for start in range(0, len(ended), batch_runs):
+            chunk = ended[start : start + batch_runs]
+            marks = ",".join("?" * len(chunk))
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                size = conn.execute(
+                    f"SELECT count(*), COALESCE(sum(length(data)), 0), "
+                    f"COALESCE(sum(CASE WHEN type IN (?, ?) THEN length(data) ELSE 0 END), 0) "
+                    f"FROM events WHERE run_id IN ({marks})",
+                    (*DELTA_TYPES, *chunk),
+                ).fetchone()
+                deleted = conn.execute(
+                    f"DELETE FROM events WHERE run_id IN ({marks}) AND type IN (?, ?)", (*chunk, *DELTA_TYPES)
+                ).rowcount
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            runs += len(chunk)
+            removed += deleted
+            before += int(size[1])
+            after += int(size[1]) - int(size[2])
+            if progress is not None:
+                progress(runs, len(ended))
+    return CompactionReport(runs, removed, before, after, time.perf_counter() - started)
+
+
+def _ended_runs_with_deltas(conn: sqlite3.Connection, cutoff: float) -> list[str]:
+    marks = ",".join("?" * len(_RUN_ENDS))
+    rows = conn.execute(
+        f"SELECT run_id FROM events WHERE run_id IS NOT NULL AND type IN ({marks}) "
+        "GROUP BY run_id HAVING max(created_at) < ? "
+        "AND EXISTS (SELECT 1 FROM events d WHERE d.run_id = events.run_id AND d.type IN (?, ?))",
+        (*_RUN_ENDS, cutoff, *DELTA_TYPES),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
