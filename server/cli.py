@@ -44,6 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--data-dir", type=Path, required=True)
     replay.add_argument("--verify", action="store_true", help="compare the rebuilt views with the live ones")
 
+    events = commands.add_parser("events", help="print a thread's or a run's events from the log")
+    events.add_argument("target", metavar="THREAD_OR_RUN", help="a thread id or run id (or any stream id)")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events (a run: until it ends)")
+    events.add_argument(
+        "--type", dest="types", action="append", default=[], help="only these types; globs work: 'thread.run.*'"
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--data-dir", type=Path, default=None, help="default: THREADLOG_DATA_DIR or ./threadlog-data")
+
     backup = commands.add_parser("backup", help="copy a data dir, consistently, while the server runs")
     backup.add_argument("--to", type=Path, required=True, help="a new (or empty) directory")
     backup.add_argument("--data-dir", type=Path, default=None, help="default: THREADLOG_DATA_DIR or ./threadlog-data")
@@ -67,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "events":
+        return _events(args)
     if args.command == "compact":
         return _compact(args)
     if args.command == "backup":
@@ -144,6 +155,28 @@ def _duration(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError("a duration cannot be negative")
     return value
+
+
+def _events(args: argparse.Namespace) -> int:
+    from server.event_log_cli import print_events
+
+    db_path = _data_dir(args.data_dir) / "threadlog.sqlite"
+    if not db_path.exists():
+        print(f"threadlog: no event log at {db_path}", file=sys.stderr)
+        return 2
+    try:
+        print_events(db_path, args.target, follow=args.follow, types=tuple(args.types), as_json=args.json)
+    except LookupError as exc:
+        print(f"threadlog: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, BrokenPipeError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return 0  # `threadlog events ... | head`
+        print(f"threadlog: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
 
 
 def _compact(args: argparse.Namespace) -> int:
