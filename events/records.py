@@ -7,6 +7,7 @@ re-encoding them, and a replayed stream is byte-for-byte what a live client saw.
 
 from __future__ import annotations
 
+import contextvars
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,11 @@ import orjson
 
 SCHEMA_VERSION = 1
 """Version of the payload schemas; bumped (with an upcaster) if an event's shape changes."""
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadlog_request_id", default=None)
+"""The id of the API request being handled (its `x-request-id`), set by the server for the
+request's whole life; a run's task inherits it. Every append records it with its events, so a
+log line and the events one request caused can be matched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,7 @@ class StoredEvent:
     run_id: str | None = None
     schema_version: int = SCHEMA_VERSION
     _data: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    request_id: str | None = None  # the request that caused the append (None: recovery, expiry...)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -59,6 +66,7 @@ class StoredEvent:
             "run_id": self.run_id,
             "created_at": self.created_at,
             "schema_version": self.schema_version,
+            "request_id": self.request_id,
             "data": self.data,
         }
 

@@ -22,7 +22,7 @@ from typing import ClassVar, Protocol
 
 import aiosqlite
 
-from events.records import SCHEMA_VERSION, NewEvent, StoredEvent, encode
+from events.records import REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
 
 __all__ = ["SYNCHRONOUS_MODES", "ConcurrencyError", "EventStore", "Projector", "row_to_event"]
 
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS events (
     schema_version INTEGER NOT NULL,
     data           TEXT    NOT NULL,     -- JSON payload exactly as sent to clients
     created_at     REAL    NOT NULL,     -- unix seconds, ms precision
-    run_id         TEXT
+    run_id         TEXT,
+    request_id     TEXT                  -- x-request-id of the API request that appended it
 );
 -- Optimistic concurrency backstop and "read one stream in order" (rowid rides along).
 CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream_id, version);
@@ -49,10 +50,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream_id, ve
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, sequence) WHERE run_id IS NOT NULL;
 """
 
-_COLUMNS = "sequence, stream_id, version, type, data, created_at, run_id, schema_version"
+_COLUMNS = "sequence, stream_id, version, type, data, created_at, run_id, schema_version, request_id"
 _INSERT = (
     "INSERT INTO events (sequence, stream_id, version, type, data, created_at, run_id, "
-    "schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "schema_version, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -165,6 +166,7 @@ class _Append:
     events: Sequence[NewEvent]
     expected_version: int | None
     future: asyncio.Future[list[StoredEvent]]
+    request_id: str | None = None
 
 
 @dataclass(eq=False)
@@ -259,6 +261,7 @@ class EventStore:
         await self._writer_conn.execute("PRAGMA wal_autocheckpoint=0")
         await self._writer_conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
         await self._writer_conn.executescript(_SCHEMA)
+        await _add_request_id_column(self._writer_conn)
         self._reader_conn = await open_connection(self.path, self.synchronous)
         rows = list(await self._writer_conn.execute_fetchall("SELECT COALESCE(MAX(sequence), 0) FROM events"))
         row = rows[0] if rows else None
@@ -364,7 +367,7 @@ class EventStore:
         if self._writer_task is None:
             raise RuntimeError("event store is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append(stream_id, events, expected_version, future))
+        self._queue.put_nowait(_Append(stream_id, events, expected_version, future, REQUEST_ID.get()))
         return future
 
     async def probe_write(self) -> None:
@@ -449,7 +452,7 @@ class EventStore:
                 data_json = encode(event.data)
                 stored.append(
                     StoredEvent(sequence + i, stream_id, current + i, event.type, data_json, now, event.run_id,
-                                SCHEMA_VERSION, event.data)
+                                SCHEMA_VERSION, event.data, req.request_id)
                 )  # fmt: skip
             if projector is not None and handles is not None and any(handles(e.type) for e in stored):
                 try:
@@ -461,7 +464,8 @@ class EventStore:
             pending[stream_id] = current + len(stored)
             accepted.append((req, stored))
             rows.extend(
-                (e.sequence, stream_id, e.version, e.type, e.data_json, now, e.run_id, SCHEMA_VERSION) for e in stored
+                (e.sequence, stream_id, e.version, e.type, e.data_json, now, e.run_id, SCHEMA_VERSION, req.request_id)
+                for e in stored
             )
         if not accepted:
             return
@@ -637,8 +641,16 @@ async def open_connection(path: Path, synchronous: str = "NORMAL") -> aiosqlite.
     return conn
 
 
+async def _add_request_id_column(conn: aiosqlite.Connection) -> None:
+    """Logs written before events recorded their request id get the column (NULL for old events)."""
+    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(events)")}
+    if "request_id" not in columns:
+        await conn.execute("ALTER TABLE events ADD COLUMN request_id TEXT")
+        await conn.commit()
+
+
 def row_to_event(row: Sequence[object]) -> StoredEvent:
-    sequence, stream_id, version, type_, data, created_at, run_id, schema_version = row
+    sequence, stream_id, version, type_, data, created_at, run_id, schema_version, request_id = row
     return StoredEvent(
         sequence=int(sequence),  # type: ignore[call-overload]
         stream_id=str(stream_id),
@@ -648,6 +660,7 @@ def row_to_event(row: Sequence[object]) -> StoredEvent:
         created_at=float(created_at),  # type: ignore[arg-type]
         run_id=None if run_id is None else str(run_id),
         schema_version=int(schema_version),  # type: ignore[call-overload]
+        request_id=None if request_id is None else str(request_id),
     )
 
 

@@ -85,8 +85,8 @@ class ViewReader:
 
     async def _fold_from_log(self, projector: ViewProjector, kind: str, doc: Doc) -> Doc | None:
         sql = (
-            "SELECT sequence, stream_id, version, type, data, created_at, run_id, schema_version FROM events "
-            "WHERE run_id = ? AND json_extract(data, '$.id') = ? ORDER BY sequence"
+            "SELECT sequence, stream_id, version, type, data, created_at, run_id, schema_version, request_id "
+            "FROM events WHERE run_id = ? AND json_extract(data, '$.id') = ? ORDER BY sequence"
         )
         rows = await self._conn.execute_fetchall(sql, (doc["run_id"], doc["id"]))
         return projector.fold_streamed(kind, (row_to_event(row) for row in rows))

@@ -17,13 +17,34 @@ from server.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
 
+_SERVE_ENVIRONMENT = """\
+environment (an option given wins; README.md, Configuration, says what each does):
+  THREADLOG_DATA_DIR, THREADLOG_HOST, THREADLOG_PORT, THREADLOG_SQLITE_SYNCHRONOUS, THREADLOG_GRACE_SECONDS
+  THREADLOG_API_KEYS, THREADLOG_ADMIN_KEYS
+  THREADLOG_UPSTREAM_BASE_URL, THREADLOG_UPSTREAM_API_KEY, THREADLOG_UPSTREAM_TIMEOUT,
+  THREADLOG_UPSTREAM_MAX_RETRIES, THREADLOG_PROVIDERS_FILE
+  THREADLOG_RUN_EXPIRY_SECONDS, THREADLOG_RUN_TIMEOUT_SECONDS, THREADLOG_HEADER_TIMEOUT_SECONDS,
+  THREADLOG_MAX_REQUEST_BYTES, THREADLOG_MAX_FILE_BYTES
+  THREADLOG_CODE_TIMEOUT_SECONDS, THREADLOG_CODE_MEMORY_MB, THREADLOG_CODE_SESSION_MEMORY_MB,
+  THREADLOG_CODE_DISK_QUOTA_MB, THREADLOG_CODE_MAX_SESSIONS, THREADLOG_CODE_IDLE_SECONDS,
+  THREADLOG_DISK_RESERVE_MB, THREADLOG_ALLOW_UNSANDBOXED_CODE
+  THREADLOG_LANCEDB_URI, THREADLOG_EMBEDDINGS_BASE_URL, THREADLOG_EMBEDDINGS_API_KEY,
+  THREADLOG_EMBEDDINGS_MODEL, THREADLOG_EMBEDDINGS_DIMENSIONS, THREADLOG_EMBED_BLAS_THREADS, THREADLOG_MINILM_DIR
+"""
+_DATA_DIR_ENVIRONMENT = "environment: THREADLOG_DATA_DIR is the data dir when --data-dir is not given."
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="threadlog", description="A self-hosted OpenAI Assistants API v2 server.")
     parser.add_argument("--version", action="version", version=f"threadlog {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the API server")
+    serve = commands.add_parser(
+        "serve",
+        help="run the API server",
+        epilog=_SERVE_ENVIRONMENT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     serve.add_argument("--data-dir", type=Path, default=None, help="where the event log and files live")
@@ -44,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay.add_argument("--data-dir", type=Path, required=True)
     replay.add_argument("--verify", action="store_true", help="compare the rebuilt views with the live ones")
 
-    events = commands.add_parser("events", help="print a thread's or a run's events from the log")
+    events = commands.add_parser(
+        "events", help="print a thread's or a run's events from the log", epilog=_DATA_DIR_ENVIRONMENT
+    )
     events.add_argument("target", metavar="THREAD_OR_RUN", help="a thread id or run id (or any stream id)")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events (a run: until it ends)")
     events.add_argument(
@@ -53,15 +76,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.add_argument("--data-dir", type=Path, default=None, help="default: THREADLOG_DATA_DIR or ./threadlog-data")
 
-    backup = commands.add_parser("backup", help="copy a data dir, consistently, while the server runs")
+    backup = commands.add_parser(
+        "backup", help="copy a data dir, consistently, while the server runs", epilog=_DATA_DIR_ENVIRONMENT
+    )
     backup.add_argument("--to", type=Path, required=True, help="a new (or empty) directory")
     backup.add_argument("--data-dir", type=Path, default=None, help="default: THREADLOG_DATA_DIR or ./threadlog-data")
 
-    restore = commands.add_parser("restore", help="make a data dir from a backup")
+    restore = commands.add_parser("restore", help="make a data dir from a backup", epilog=_DATA_DIR_ENVIRONMENT)
     restore.add_argument("--from", dest="source", type=Path, required=True, help="a directory made by backup")
     restore.add_argument("--data-dir", type=Path, default=None, help="a new data dir (no event log in it)")
 
-    compact = commands.add_parser("compact", help="drop the deltas of runs that ended long ago (snapshots stay)")
+    compact = commands.add_parser(
+        "compact", help="drop the deltas of runs that ended long ago (snapshots stay)", epilog=_DATA_DIR_ENVIRONMENT
+    )
     compact.add_argument(
         "--older-than", required=True, type=_duration, help="runs that ended before this long ago: 30d, 12h, 90m, 0s"
     )

@@ -3,7 +3,7 @@
 It reads the SQLite file read-only, so it works beside a running server (WAL readers never
 block the writer). `--follow` polls for what commits next, as `tail -f` does; following a run
 stops once the run has ended. One line per event, or with `--json` one JSON object per line
-(the stored event: sequence, stream, type, time, run, payload) for `jq` and scripts.
+(the stored event: sequence, stream, type, time, run, request id, payload) for `jq` and scripts.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def print_events(
         after = 0
         while True:
             ended = False
-            for sequence, stream_id, type_, data, created_at, run_id in _read(conn, column, target, after):
+            for sequence, stream_id, type_, data, created_at, run_id, request_id in _read(conn, column, target, after):
                 after = sequence
                 ended = ended or (column == "run_id" and type_ in _RUN_ENDS)
                 if types and not any(fnmatch.fnmatchcase(type_, pattern) for pattern in types):
@@ -59,6 +59,7 @@ def print_events(
                         "type": type_,
                         "created_at": created_at,
                         "run_id": run_id,
+                        "request_id": request_id,
                         "data": payload,
                     }
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -73,7 +74,7 @@ def print_events(
 
 def _read(conn: sqlite3.Connection, column: str, target: str, after: int) -> Iterator[tuple[Any, ...]]:
     yield from conn.execute(
-        f"SELECT sequence, stream_id, type, data, created_at, run_id FROM events "
+        f"SELECT sequence, stream_id, type, data, created_at, run_id, request_id FROM events "
         f"WHERE {column} = ? AND sequence > ? ORDER BY sequence",
         (target, after),
     )

@@ -10,7 +10,6 @@ the access line, written when the response ends, gives the whole time (a stream'
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 import secrets
@@ -20,11 +19,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from events.records import REQUEST_ID
 from server import metrics
 
 __all__ = ["REQUEST_ID", "RequestContext", "current_request_id"]
 
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadlog_request_id", default=None)
 
 access_log = logging.getLogger("threadlog.access")
 

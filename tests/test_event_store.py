@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from events.records import NewEvent, StoredEvent
+from events.records import REQUEST_ID, NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore, _execute_rows
 from projections import build_projector
 
@@ -447,5 +447,31 @@ async def test_the_wal_is_checkpointed_beside_the_writer(db_path: Path) -> None:
         while db_path.stat().st_size < before + 3_000_000:
             assert asyncio.get_running_loop().time() < deadline, "the WAL was never checkpointed"
             await asyncio.sleep(0.02)  # polling a file another thread writes
+    finally:
+        await store.close()
+
+
+async def test_a_log_from_before_request_ids_opens_and_records_them_from_then_on(db_path: Path) -> None:
+    # The events table as the previous release wrote it: no request_id column.
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(
+            "CREATE TABLE events (sequence INTEGER PRIMARY KEY, stream_id TEXT NOT NULL, version INTEGER NOT NULL, "
+            "type TEXT NOT NULL, schema_version INTEGER NOT NULL, data TEXT NOT NULL, created_at REAL NOT NULL, "
+            "run_id TEXT)"
+        )
+        conn.execute("INSERT INTO events VALUES (1, 'old', 1, 'tick', 1, '{\"n\":0}', 1.0, NULL)")
+    store = EventStore(db_path)
+    await store.open()
+    try:
+        token = REQUEST_ID.set("req-upgrade-1")
+        try:
+            await store.append("old", [tick(1)], expected_version=1)
+        finally:
+            REQUEST_ID.reset(token)
+        events = await store.read(stream_id="old")
+        assert [(e.sequence, e.version, e.data["n"], e.request_id) for e in events] == [
+            (1, 1, 0, None),
+            (2, 2, 1, "req-upgrade-1"),
+        ]
     finally:
         await store.close()

@@ -119,6 +119,28 @@ def test_request_ids_round_trip_through_the_sdk(client: OpenAI) -> None:
         raise AssertionError("a missing assistant must be a 404")
 
 
+def test_events_record_the_request_that_appended_them(client: OpenAI) -> None:
+    assistant = client.beta.assistants.create(model=MODEL)
+    thread = client.beta.threads.create(
+        messages=[{"role": "user", "content": "long: 20"}], extra_headers={"x-request-id": "trace-thread-1"}
+    )
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, extra_headers={"x-request-id": "trace-run-1"}
+    )
+    assert run.status == "completed"
+    page = client.get(
+        f"/threads/{thread.id}/events", cast_to=httpx.Response, options={"params": {"limit": 1000}}
+    ).json()
+    by_type: dict[str, set[str | None]] = {}
+    for event in page["data"]:
+        by_type.setdefault(event["type"], set()).add(event["request_id"])
+    assert by_type["thread.created"] == {"trace-thread-1"}
+    assert by_type["thread.message.created"] == {"trace-thread-1", "trace-run-1"}  # the user's, the reply
+    # Everything the run's own task appended (deltas included) names the request that started it.
+    for name in ("thread.run.created", "thread.run.in_progress", "thread.message.delta", "thread.run.completed"):
+        assert by_type[name] == {"trace-run-1"}, name
+
+
 def test_access_and_run_lines_name_the_request_and_hold_no_secrets(client: OpenAI, json_server: ServerProcess) -> None:
     secret_text = f"say: private words {uuid.uuid4().hex}"
     assistant = client.beta.assistants.create(model=MODEL)
