@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from events.store import EventStore
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
-from server import __version__, metrics
+from server import __version__, metrics, tracing
 from server.auth import BearerKeyMiddleware
 from server.builtins import Builtins
 from server.config import Settings
@@ -69,7 +69,7 @@ def startup_line(svc: Services, providers: ProviderRegistry) -> str:
         f"data dir {settings.data_dir.resolve()} (SQLite event log, {settings.sqlite_synchronous}); "
         f"upstreams: {upstreams or 'none configured'}; "
         f"code_interpreter: {'sandboxed' if sandbox is None else 'unavailable (' + str(sandbox) + ')'}; "
-        f"auth: {auth}"
+        f"auth: {auth}; traces: {'OTLP' if tracing.ENABLED else 'off'}"
     )
 
 

@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="on SIGTERM, how long running runs get to finish before they end (default 30, THREADLOG_GRACE_SECONDS)",
     )
+    serve.add_argument(
+        "--otel",
+        action="store_true",
+        help="send traces over OTLP/HTTP (on too when OTEL_EXPORTER_OTLP_ENDPOINT is set)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--log-format", default="text", choices=LOG_FORMATS, help="text lines, or one JSON object per line"
@@ -136,6 +141,9 @@ def _serve(args: argparse.Namespace) -> int:
     from server.shutdown import GracefulServer, drain
 
     configure_logging(args.log_level, args.log_format)
+    from server import tracing
+
+    tracing.configure(os.environ, forced=args.otel)
     try:
         check_data_dir(settings)
         app = create_app(settings)
@@ -153,7 +161,10 @@ def _serve(args: argparse.Namespace) -> int:
         http=header_timeout_protocol(settings.header_timeout_s),
     )
     server = GracefulServer(config, on_drain=lambda: drain(app.state.services, settings.grace_s))
-    server.run()
+    try:
+        server.run()
+    finally:
+        tracing.shutdown()
     if not server.started:
         # uvicorn logged why ("Application startup failed"); say it in one line and exit
         # non-zero, so a supervisor sees the failure and restarts or alerts.

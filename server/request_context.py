@@ -20,7 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.records import REQUEST_ID
-from server import metrics
+from server import metrics, tracing
 
 __all__ = ["REQUEST_ID", "RequestContext", "current_request_id"]
 
@@ -65,9 +65,19 @@ class RequestContext:
                 ]
             await send(message)
 
+        traced = tracing.request_span(scope) if tracing.ENABLED else None
+        current: Any = traced.__enter__() if traced is not None else None
         try:
             await self.app(scope, receive, send_with_ids)
         finally:
+            if traced is not None:
+                route_name = self.route_templates.get(scope.get("endpoint"))
+                if route_name is not None:
+                    current.update_name(f"{scope['method']} {route_name}")
+                    current.set_attribute("http.route", route_name)
+                current.set_attribute("http.response.status_code", status)
+                current.set_attribute("threadlog.request_id", request_id)
+                traced.__exit__(None, None, None)
             elapsed = (time.perf_counter() - started) * 1000
             route = self.route_templates.get(scope.get("endpoint"), "unmatched")
             metrics.REQUESTS.labels(route, scope["method"], str(status)).inc()

@@ -54,9 +54,8 @@ def upstream_env(upstream: RunningUpstream, **extra: str) -> dict[str, str]:
 
 
 def start_server(data_dir: Path, upstream: RunningUpstream | None, **extra: str) -> ServerProcess:
+    # Without an upstream, the server gets ServerProcess's provider that is never called.
     env: dict[str, str] = upstream_env(upstream, **extra) if upstream is not None else dict(extra)
-    if upstream is None:
-        env.setdefault("THREADLOG_UPSTREAM_BASE_URL", "")
     return ServerProcess(data_dir=data_dir, env=env).start()
 
 

@@ -49,7 +49,14 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> ServerProcess:
         # A test's stop() should not wait out the production grace period (30 s) for runs it
         # left running; the shutdown tests set --grace-seconds themselves.
-        env = {**os.environ, "THREADLOG_GRACE_SECONDS": "0", **self.env}
+        # Assistants are refused for a model no provider serves: CRUD-only tests get a provider
+        # that is configured but never called (a closed port); run tests name the fake upstream.
+        env = {
+            **os.environ,
+            "THREADLOG_GRACE_SECONDS": "0",
+            "THREADLOG_UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1",
+            **self.env,
+        }
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(

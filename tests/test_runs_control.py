@@ -389,7 +389,7 @@ def test_stalled_upstream_fails_the_run(sdk: OpenAI, assistant: Any, upstream: R
 
 @pytest.fixture
 def bare_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path / "data", None)
+    proc = start_server(tmp_path / "data", None, THREADLOG_UPSTREAM_BASE_URL="")
     try:
         yield proc
     finally:
@@ -398,26 +398,45 @@ def bare_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def test_no_provider_configured(bare_server: ServerProcess) -> None:
     client = make_sdk(bare_server)
-    helper = client.beta.assistants.create(model=MODEL)
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
     head = log_head(bare_server)
     with pytest.raises(openai.BadRequestError) as info:
-        client.beta.threads.runs.create(thread_id=thread.id, assistant_id=helper.id)
+        client.beta.assistants.create(model=MODEL)
+    assert info.value.code == "model_not_found"
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "model"
     assert "THREADLOG_UPSTREAM_BASE_URL" in info.value.message
-    with pytest.raises(openai.BadRequestError) as info:
-        client.beta.threads.create_and_run(
-            assistant_id=helper.id, thread={"messages": [{"role": "user", "content": "hi"}]}
-        )
-    assert "THREADLOG_UPSTREAM_BASE_URL" in info.value.message
-    with pytest.raises(openai.BadRequestError) as info:
-        client.beta.threads.runs.create(
-            thread_id=thread.id,
-            assistant_id=helper.id,
-            additional_messages=[{"role": "user", "content": "more"}],
-        )
     assert log_head(bare_server) == head, "nothing was appended"
-    assert client.beta.threads.runs.list(thread.id).data == []
-    assert len(client.beta.threads.messages.list(thread.id).data) == 1
+    assert client.beta.assistants.list().data == []
+
+
+def test_a_model_no_provider_serves_is_refused_at_create_and_at_run(tmp_path: Path) -> None:
+    providers = tmp_path / "providers.toml"
+    providers.write_text('[[providers]]\nname = "local"\nbase_url = "http://127.0.0.1:9/v1"\nmodels = ["local-*"]\n')
+    proc = start_server(
+        tmp_path / "data", None, THREADLOG_UPSTREAM_BASE_URL="", THREADLOG_PROVIDERS_FILE=str(providers)
+    )
+    try:
+        client = make_sdk(proc)
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.beta.assistants.create(model="gpt-4o")
+        assert refused.value.code == "model_not_found" and "local: local-*" in refused.value.message
+        helper = client.beta.assistants.create(model="local-llama")
+        with pytest.raises(openai.BadRequestError) as renamed:
+            client.beta.assistants.update(helper.id, model="gpt-4o")
+        assert renamed.value.code == "model_not_found"
+        assert client.beta.assistants.retrieve(helper.id).model == "local-llama"
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": "hello"}])
+        head = log_head(proc)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.beta.threads.runs.create(thread_id=thread.id, assistant_id=helper.id, model="gpt-4o")
+        assert "gpt-4o" in info.value.message
+        with pytest.raises(openai.BadRequestError):
+            client.beta.threads.create_and_run(
+                assistant_id=helper.id, model="gpt-4o", thread={"messages": [{"role": "user", "content": "hi"}]}
+            )
+        assert log_head(proc) == head, "nothing was appended"
+        assert client.beta.threads.runs.list(thread.id).data == []
+    finally:
+        proc.stop()
 
 
 def test_run_waiting_for_outputs_expires(upstream: RunningUpstream, tmp_path: Path) -> None:

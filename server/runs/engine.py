@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from events.records import NewEvent
 from projections.views import ViewReader
-from server import metrics
+from server import metrics, tracing
 from server.completions import UpstreamError, stream_chat_completion
 from server.ids import new_id
 from server.providers import Provider
@@ -160,7 +160,12 @@ class RunEngine:
             called = time.perf_counter()
             first_token = False
             try:
-                async for chunk in stream_chat_completion(self.provider, request):
+                chunks = (
+                    stream_chat_completion(self.provider, request)
+                    if not tracing.ENABLED
+                    else tracing.traced_completion(stream_chat_completion, self.provider, request)
+                )
+                async for chunk in chunks:
                     if chunk.usage is not None:
                         turn_usage = {
                             "prompt_tokens": chunk.usage.prompt_tokens,
@@ -430,7 +435,16 @@ class RunEngine:
                 result = ToolResult({}, f"Invalid arguments for {kind}: {exc}")
             else:
                 await self.barrier()  # tools read the views (the run's files, earlier outputs)
-                result = await self.builtins.run_tool(kind, arguments, self.run, self._turn_index())
+                if tracing.ENABLED:
+                    tool = {
+                        "gen_ai.operation.name": "execute_tool",
+                        "gen_ai.tool.name": kind,
+                        "gen_ai.tool.call.id": call.id,
+                    }
+                    with tracing.span(f"execute_tool {kind}", tool):
+                        result = await self.builtins.run_tool(kind, arguments, self.run, self._turn_index())
+                else:
+                    result = await self.builtins.run_tool(kind, arguments, self.run, self._turn_index())
             self._citations.update(result.citations)
             self._paths.update(result.paths)
             self._images += result.images

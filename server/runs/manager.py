@@ -17,7 +17,7 @@ from typing import Any
 from events.records import NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore
 from projections.views import ViewReader
-from server import metrics
+from server import metrics, tracing
 from server.providers import ProviderRegistry
 from server.runs import objects
 from server.runs.engine import BuiltinTools, RunEngine
@@ -228,6 +228,30 @@ class RunManager:
         await self.store.append(run["thread_id"], events)
 
     async def _drive(self, engine: RunEngine, log: _RunLog) -> None:
+        if not tracing.ENABLED:
+            await self._drive_run(engine, log)
+            return
+        run = engine.run
+        attributes = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.id": run["assistant_id"],
+            "gen_ai.request.model": run["model"],
+            "threadlog.run.id": run["id"],
+            "threadlog.thread.id": run["thread_id"],
+        }
+        with tracing.span(f"invoke_agent {run['assistant_id']}", attributes) as current:
+            try:
+                await self._drive_run(engine, log)
+            finally:
+                usage = engine.run.get("usage") or {}
+                current.set_attribute("threadlog.run.status", engine.run["status"])
+                if usage:
+                    current.set_attribute("gen_ai.usage.input_tokens", usage.get("prompt_tokens", 0))
+                    current.set_attribute("gen_ai.usage.output_tokens", usage.get("completion_tokens", 0))
+                if engine.run.get("last_error"):
+                    current.set_attribute("error.type", engine.run["last_error"].get("code") or "error")
+
+    async def _drive_run(self, engine: RunEngine, log: _RunLog) -> None:
         run = engine.run
         started = time.monotonic()
         try:
