@@ -18,7 +18,14 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port"]
+__all__ = ["ServerProcess", "free_port", "run_cli"]
+
+
+def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`threadlog ARGV...` as its own process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *argv], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def free_port() -> int:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,15 +17,9 @@ from openai import OpenAI
 
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, StreamingRuns, upstream_env
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *argv], capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def _last_run_statuses(db: Path) -> dict[str, str]:
@@ -50,7 +42,7 @@ def test_a_backup_taken_under_load_restores_and_verifies(upstream: RunningUpstre
         running = [streams.stream("long: 150\nslow: 20") for _ in range(6)]  # ~3 s each
         streams.wait_started(6)
 
-        taken = _cli("backup", "--to", str(backup_dir), "--data-dir", str(live_dir))
+        taken = run_cli("backup", "--to", str(backup_dir), "--data-dir", str(live_dir))
         assert taken.returncode == 0, taken.stderr
         assert taken.stdout.startswith("backed up ")
 
@@ -71,16 +63,16 @@ def test_a_backup_taken_under_load_restores_and_verifies(upstream: RunningUpstre
         assert list(live_prefix) == list(b.execute("SELECT sequence, type, data FROM events ORDER BY 1"))
     assert 0 < backup_count < live_count
 
-    refused = _cli("backup", "--to", str(backup_dir), "--data-dir", str(live_dir))
+    refused = run_cli("backup", "--to", str(backup_dir), "--data-dir", str(live_dir))
     assert refused.returncode == 2 and "not empty" in refused.stderr
 
-    restored = _cli("restore", "--from", str(backup_dir), "--data-dir", str(restored_dir))
+    restored = run_cli("restore", "--from", str(backup_dir), "--data-dir", str(restored_dir))
     assert restored.returncode == 0, restored.stderr
     assert f"restored {backup_count} events" in restored.stdout
-    again = _cli("restore", "--from", str(backup_dir), "--data-dir", str(restored_dir))
+    again = run_cli("restore", "--from", str(backup_dir), "--data-dir", str(restored_dir))
     assert again.returncode == 2 and "already holds an event log" in again.stderr
 
-    verified = _cli("replay", "--data-dir", str(restored_dir), "--verify")
+    verified = run_cli("replay", "--data-dir", str(restored_dir), "--verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "OK: rebuilt views equal the live views" in verified.stdout
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,17 +16,11 @@ from openai import OpenAI
 from events.compaction import DELTA_TYPES
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, message_value, read_sse, upstream_env
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
-
-
-def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *argv], capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 def _deltas(db: Path, run_id: str) -> int:
@@ -63,7 +55,7 @@ def test_compaction_drops_deltas_of_ended_runs_only(upstream: RunningUpstream, t
         paused_deltas = _deltas(db, paused.id)
         assert paused_deltas > 0
 
-        done = _cli("compact", "--older-than", "0s", "--data-dir", str(data_dir))  # the server is running
+        done = run_cli("compact", "--older-than", "0s", "--data-dir", str(data_dir))  # the server is running
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("compacted 3 runs: removed ")
         sizes = re.search(r"([\d,]+) bytes per run before, ([\d,]+) after", done.stdout)
@@ -102,10 +94,10 @@ def test_compaction_drops_deltas_of_ended_runs_only(upstream: RunningUpstream, t
     finally:
         server.stop()
 
-    verified = _cli("replay", "--data-dir", str(data_dir), "--verify")
+    verified = run_cli("replay", "--data-dir", str(data_dir), "--verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "OK: rebuilt views equal the live views" in verified.stdout
-    again = _cli("compact", "--older-than", "0s", "--data-dir", str(data_dir))
+    again = run_cli("compact", "--older-than", "0s", "--data-dir", str(data_dir))
     assert again.returncode == 0 and again.stdout.startswith("compacted 2 runs")  # `more` and the resumed run
 
 
@@ -120,8 +112,8 @@ def test_recent_runs_are_kept_and_durations_are_checked(upstream: RunningUpstrea
         assert run.status == "completed"
     finally:
         server.stop()
-    kept = _cli("compact", "--older-than", "30d", "--data-dir", str(data_dir))
+    kept = run_cli("compact", "--older-than", "30d", "--data-dir", str(data_dir))
     assert kept.returncode == 0 and kept.stdout.startswith("compacted 0 runs")
     assert _deltas(data_dir / "threadlog.sqlite", run.id) > 0
-    bad = _cli("compact", "--older-than", "soon", "--data-dir", str(data_dir))
+    bad = run_cli("compact", "--older-than", "soon", "--data-dir", str(data_dir))
     assert bad.returncode == 2 and "not a duration" in bad.stderr
