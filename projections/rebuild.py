@@ -11,7 +11,7 @@ import asyncio
 import gc
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,7 @@ async def fold_log(
     batch: int = 50_000,
     *,
     skip_superseded: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[ViewKey, View | None], int, int]:
     """Fold the log (up to `upto`) into views in memory; returns views, position, event count.
 
@@ -62,7 +63,7 @@ async def fold_log(
     full collections, walking every view built so far, were ~40% of a rebuild's time.
     """
     with _gc_paused():
-        return await _fold_log(conn, projector, upto, batch, skip_superseded)
+        return await _fold_log(conn, projector, upto, batch, skip_superseded, progress)
 
 
 @contextmanager
@@ -77,7 +78,12 @@ def _gc_paused() -> Iterator[None]:
 
 
 async def _fold_log(
-    conn: aiosqlite.Connection, projector: ViewProjector, upto: int | None, batch: int, skip_superseded: bool
+    conn: aiosqlite.Connection,
+    projector: ViewProjector,
+    upto: int | None,
+    batch: int,
+    skip_superseded: bool,
+    progress: Callable[[int], None] | None,
 ) -> tuple[dict[ViewKey, View | None], int, int]:
     views: dict[ViewKey, View | None] = {}
     position = 0
@@ -111,6 +117,8 @@ async def _fold_log(
                     ahead.cancel()
                 raise
             rows = await ahead if ahead is not None else []
+            if progress is not None:
+                progress(position)
         return views, position, count
 
     unkeyed = tuple(t for t in types if t not in projector.keyed_by_id)
@@ -172,6 +180,8 @@ async def _fold_log(
                     key, sequence = item
                     current = get(key)
                     views[key] = View({}, current.ordinal if current else sequence)
+            if progress is not None:
+                progress(position)
     except BaseException:
         if ahead is not None:
             ahead.cancel()
@@ -242,7 +252,9 @@ def _unsuperseded(projector: ViewProjector, rows: list[Any]) -> tuple[list[int |
     return kept, wanted
 
 
-async def rebuild(db_path: Path, projector: ViewProjector) -> RebuildReport:
+async def rebuild(
+    db_path: Path, projector: ViewProjector, progress: Callable[[int, int], None] | None = None
+) -> RebuildReport:
     """Replace the live views with a fold of the whole log. Run with the server stopped."""
     started = time.perf_counter()
     conn = await open_connection(db_path)
@@ -252,7 +264,10 @@ async def rebuild(db_path: Path, projector: ViewProjector) -> RebuildReport:
         try:
             head = await _head(conn)
             with _gc_paused():
-                views, _, count = await fold_log(conn, projector, upto=head)
+                told = (lambda position: progress(position, head)) if progress is not None else None
+                views, folded_to, count = await fold_log(conn, projector, upto=head, progress=told)
+                if progress is not None and folded_to < head:
+                    progress(head, head)  # the events after the last folded one are not folded at all
                 await conn.execute("DELETE FROM views")
                 # In key order, so the inserts append to the views' primary-key b-tree.
                 await projector.write_views(conn, {k: views[k] for k in sorted(views) if views[k] is not None})
@@ -267,7 +282,9 @@ async def rebuild(db_path: Path, projector: ViewProjector) -> RebuildReport:
     return RebuildReport(count, live, head, time.perf_counter() - started)
 
 
-async def verify(db_path: Path, projector: ViewProjector) -> RebuildReport:
+async def verify(
+    db_path: Path, projector: ViewProjector, progress: Callable[[int, int], None] | None = None
+) -> RebuildReport:
     """Fold the log and compare with the live views; names the first difference."""
     started = time.perf_counter()
     conn = await open_connection(db_path)
@@ -276,7 +293,10 @@ async def verify(db_path: Path, projector: ViewProjector) -> RebuildReport:
         await conn.execute("BEGIN")  # one snapshot for the log and the views
         try:
             position = await read_position(conn)
-            views, _, count = await fold_log(conn, projector, upto=position)
+            told = (lambda at: progress(at, position)) if progress is not None else None
+            views, folded_to, count = await fold_log(conn, projector, upto=position, progress=told)
+            if progress is not None and folded_to < position:
+                progress(position, position)
             rebuilt = {k: v for k, v in views.items() if v is not None}
             async with conn.execute("SELECT kind, id, ordinal, doc FROM views ORDER BY kind, id") as cur:
                 live = {(str(r[0]), str(r[1])): (int(r[2]), json.loads(r[3])) for r in await cur.fetchall()}

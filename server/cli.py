@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--log-format", default="text", choices=LOG_FORMATS, help="text lines, or one JSON object per line"
     )
 
-    replay = commands.add_parser("replay", help="rebuild every view from the event log")
-    replay.add_argument("--data-dir", type=Path, required=True)
+    replay = commands.add_parser("replay", help="rebuild every view from the event log", epilog=_DATA_DIR_ENVIRONMENT)
+    replay.add_argument("--data-dir", type=Path, default=None, help="default: THREADLOG_DATA_DIR or ./threadlog-data")
     replay.add_argument("--verify", action="store_true", help="compare the rebuilt views with the live ones")
 
     events = commands.add_parser(
@@ -268,16 +268,22 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_progress(position: int, head: int) -> None:
+    share = f" ({position / head:.0%})" if head else ""
+    print(f"replayed up to sequence {position:,} of {head:,}{share}", file=sys.stderr, flush=True)
+
+
 def _replay(args: argparse.Namespace) -> int:
     from projections import build_projector
     from projections.rebuild import rebuild, verify
 
-    db_path = args.data_dir / "threadlog.sqlite"
+    data_dir = _data_dir(args.data_dir)
+    db_path = data_dir / "threadlog.sqlite"
     if not db_path.exists():
         print(f"threadlog: no event log at {db_path}", file=sys.stderr)
         return 2
     if args.verify:
-        report = asyncio.run(verify(db_path, build_projector()))
+        report = asyncio.run(verify(db_path, build_projector(), _replay_progress))
         rate = f"{report.events_per_second:,.0f} events/s"
         print(f"replayed {report.events} events up to sequence {report.position} into {report.views} views ({rate})")
         if report.difference:
@@ -285,13 +291,13 @@ def _replay(args: argparse.Namespace) -> int:
             return 1
         print("OK: rebuilt views equal the live views")
         return 0
-    with open(args.data_dir / "threadlog.lock", "a+") as lock:
+    with open(data_dir / "threadlog.lock", "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print("threadlog: a server is running on this data dir; stop it, or use --verify", file=sys.stderr)
             return 2
-        report = asyncio.run(rebuild(db_path, build_projector()))
+        report = asyncio.run(rebuild(db_path, build_projector(), _replay_progress))
     print(
         f"rebuilt {report.views} views from {report.events} events up to sequence {report.position} "
         f"in {report.seconds:.2f}s ({report.events_per_second:,.0f} events/s)"

@@ -21,10 +21,15 @@ import httpx
 __all__ = ["ServerProcess", "free_port", "run_cli"]
 
 
-def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(*argv: str, timeout: float = 120, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`threadlog ARGV...` as its own process, its output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *argv], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "server.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
 
 

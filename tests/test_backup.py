@@ -72,9 +72,11 @@ def test_a_backup_taken_under_load_restores_and_verifies(upstream: RunningUpstre
     again = run_cli("restore", "--from", str(backup_dir), "--data-dir", str(restored_dir))
     assert again.returncode == 2 and "already holds an event log" in again.stderr
 
-    verified = run_cli("replay", "--data-dir", str(restored_dir), "--verify")
+    # --data-dir defaults as for `serve`: THREADLOG_DATA_DIR.
+    verified = run_cli("replay", "--verify", env={"THREADLOG_DATA_DIR": str(restored_dir)})
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "OK: rebuilt views equal the live views" in verified.stdout
+    assert f"replayed up to sequence {backup_count:,} of {backup_count:,} (100%)" in verified.stderr
 
     server = ServerProcess(data_dir=restored_dir, env=upstream_env(upstream)).start()
     try:
