@@ -208,6 +208,8 @@ def main() -> None:
                 profile_server(server, thread_id, calls)
         finally:
             server.stop()
+        metrics_line = metrics_on_off(Path(tmp), calls, warmup, args.repeat)
+        print(metrics_line)
     print("\n== summary: HTTP messages.create round trip (POST /v1/threads/{id}/messages)")
     print(f"   {machine()}")
     print(f"   {calibration()}")
@@ -220,6 +222,52 @@ def main() -> None:
     for line in lines:
         print("   " + line.replace("\n", "\n   "))
     print(f"   {metrics_cost()}")
+    print(f"   {metrics_line}")
+
+
+def metrics_on_off(tmp: Path, calls: int, warmup: int, repeat: int) -> str:
+    """messages.create with metrics on and off (THREADLOG_METRICS=off), passes alternating."""
+    global SERVER_PID
+    results: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
+    servers = {
+        "on": ServerProcess(data_dir=tmp / "metrics-on").start(),
+        "off": ServerProcess(data_dir=tmp / "metrics-off", env={"THREADLOG_METRICS": "off"}).start(),
+    }
+    try:
+        clients = {name: httpx.Client(base_url=s.base_url, timeout=30) for name, s in servers.items()}
+        calls_of: dict[str, Callable[[int], None]] = {}
+        for name, http in clients.items():
+            url = f"/threads/{http.post('/threads', json={}).json()['id']}/messages"
+
+            def call(_: int, http: httpx.Client = http, url: str = url) -> None:
+                http.post(url, json={"role": "user", "content": "metrics on or off?"}).raise_for_status()
+
+            calls_of[name] = call
+            process = servers[name].process
+            assert process is not None
+            SERVER_PID = process.pid
+            timed(call, warmup)
+        for _ in range(max(repeat, 3)):
+            for name in ("on", "off"):
+                process = servers[name].process
+                assert process is not None
+                SERVER_PID = process.pid
+                samples = sorted(timed(calls_of[name], calls))
+                results[name].append((samples[len(samples) // 2], LAST_CPU["server"]))
+        for http in clients.values():
+            http.close()
+    finally:
+        for server in servers.values():
+            server.stop()
+    p50 = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
+    cpu = {name: statistics.median(r[1] for r in runs) for name, runs in results.items()}
+    overhead = (p50["on"] / p50["off"] - 1) * 100
+    verdict = "met" if overhead < 5 else "MISSED"
+    return (
+        f"metrics on vs off (messages.create, {calls} calls x {max(repeat, 3)} alternating passes, medians): "
+        f"p50 {p50['on']:.3f} vs {p50['off']:.3f} ms ({overhead:+.1f}%), server CPU per call "
+        f"{cpu['on']:.3f} vs {cpu['off']:.3f} ms   goal < 5%: {verdict}"
+    )
 
 
 def metrics_cost(n: int = 200_000) -> str:

@@ -92,6 +92,8 @@ def _routes() -> list[BaseRoute]:
 def create_app(settings: Settings) -> Starlette:
     """The server over `settings.data_dir`; the data dir is locked while it runs."""
     providers = ProviderRegistry.from_settings(settings.env, settings.providers_file)
+    if settings.env.get("THREADLOG_METRICS", "on").lower() in ("off", "0", "false"):
+        metrics.disable()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ from the configuration and the runs it admitted.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -38,6 +39,7 @@ __all__ = [
     "TIME_TO_FIRST_TOKEN",
     "TOKENS",
     "UPSTREAM_ERRORS",
+    "disable",
     "metrics_endpoint",
     "observe_commit",
     "watch",
@@ -133,6 +135,40 @@ SANDBOX_KILLS = _SandboxKills()
 REGISTRY.register(SANDBOX_KILLS)
 
 
+class _Off:
+    """Stands in for every metric when metrics are off: each call does nothing."""
+
+    def labels(self, *values: str) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        pass
+
+
+ENABLED = True
+
+
+def disable() -> None:
+    """`THREADLOG_METRICS=off`: no counting anywhere (for measuring what counting costs)."""
+    global ENABLED, REQUESTS, REQUEST_SECONDS, RUNS, RUN_SECONDS, TIME_TO_FIRST_TOKEN, TOKENS, UPSTREAM_ERRORS
+    global APPENDS, EVENTS_APPENDED, APPEND_SECONDS, SSE_STREAMS, INGESTION_QUEUE, INGESTION_FAILURES
+    global SANDBOX_SESSIONS
+    off: Any = _Off()
+    ENABLED = False
+    REQUESTS = REQUEST_SECONDS = RUNS = RUN_SECONDS = TIME_TO_FIRST_TOKEN = TOKENS = UPSTREAM_ERRORS = off
+    APPENDS = EVENTS_APPENDED = APPEND_SECONDS = SSE_STREAMS = INGESTION_QUEUE = INGESTION_FAILURES = off
+    SANDBOX_SESSIONS = off
+
+
 def observe_commit(events: int, seconds: float) -> None:
     APPENDS.inc()
     EVENTS_APPENDED.inc(events)
@@ -140,6 +176,8 @@ def observe_commit(events: int, seconds: float) -> None:
 
 
 def watch_sandbox(live_sessions: Callable[[], int], kills: Callable[[], Mapping[str, int]]) -> None:
+    if not ENABLED:
+        return
     SANDBOX_SESSIONS.set_function(live_sessions)
     SANDBOX_KILLS.kills = kills
 
@@ -152,6 +190,8 @@ def watch(gauge: Gauge, read: Callable[[], float]) -> None:
 async def metrics_endpoint(request: Request) -> Response:
     """Open like /healthz without auth; with API keys on, only an admin key reads it."""
     settings = request.app.state.services.settings
+    if not ENABLED:
+        return error_response(APIError(404, "Metrics are off on this server (THREADLOG_METRICS=off)."))
     if settings.api_keys and not holds_key(dict(request.scope["headers"]), settings.admin_keys):
         message = (
             "Metrics need an admin key (THREADLOG_ADMIN_KEYS) in an Authorization header: Bearer ADMIN_KEY."

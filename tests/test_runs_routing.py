@@ -209,6 +209,7 @@ timeout_s = 5
         root / "data",
         None,
         THREADLOG_PROVIDERS_FILE=str(providers),
+        THREADLOG_UPSTREAM_BASE_URL="",  # no catch-all: only what the file routes
         ALT_UPSTREAM_KEY="alt-secret",
     )
     try:
@@ -262,11 +263,16 @@ def test_providers_file_failures_name_the_provider(routed_server: ServerProcess,
 
 def test_providers_file_without_default_refuses_unrouted_models(routed_server: ServerProcess) -> None:
     client = make_sdk(routed_server)
-    helper = client.beta.assistants.create(model="gpt-4o")
+    head = log_head(routed_server)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.beta.assistants.create(model="gpt-4o")  # refused at create, not at the first run
+    assert refused.value.code == "model_not_found"
+    assert log_head(routed_server) == head
+    helper = client.beta.assistants.create(model="exact-alt")
     thread_id = thread_with(client, "hello")
     head = log_head(routed_server)
     with pytest.raises(openai.BadRequestError) as info:
-        client.beta.threads.runs.create(thread_id=thread_id, assistant_id=helper.id)
+        client.beta.threads.runs.create(thread_id=thread_id, assistant_id=helper.id, model="gpt-4o")
     message = info.value.message
     assert "'gpt-4o'" in message
     assert "THREADLOG_PROVIDERS_FILE" in message and "THREADLOG_UPSTREAM_BASE_URL" in message
