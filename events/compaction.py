@@ -15,14 +15,18 @@ server's writer waits out like any other (both use SQLite's busy timeout).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DELTA_TYPES", "CompactionReport", "compact"]
+__all__ = ["DELTA_TYPES", "CompactionReport", "compact", "compact_periodically"]
+
+logger = logging.getLogger("threadlog.compaction")
 
 DELTA_TYPES = ("thread.message.delta", "thread.run.step.delta")
 _RUN_ENDS = tuple(f"thread.run.{status}" for status in ("completed", "incomplete", "failed", "cancelled", "expired"))
@@ -85,6 +89,26 @@ def compact(
             if progress is not None:
                 progress(runs, len(ended))
     return CompactionReport(runs, removed, before, after, time.perf_counter() - started)
+
+
+async def compact_periodically(db_path: Path, older_than_s: float, interval_s: float) -> None:
+    """The server's background compaction: every `interval_s`, in a thread beside the writer."""
+    while True:
+        try:
+            report = await asyncio.to_thread(compact, db_path, older_than_s)
+        except sqlite3.Error as exc:
+            logger.warning("background compaction failed: %s", exc)
+        else:
+            if report.runs:
+                logger.info(
+                    "compacted %d runs: removed %d delta events (%.0f -> %.0f bytes per run)",
+                    report.runs,
+                    report.events_removed,
+                    report.bytes_per_run_before,
+                    report.bytes_per_run_after,
+                    extra={"event": "compaction", "runs": report.runs, "events_removed": report.events_removed},
+                )
+        await asyncio.sleep(interval_s)  # a schedule, not a wait for something
 
 
 def _ended_runs_with_deltas(conn: sqlite3.Connection, cutoff: float) -> list[str]:

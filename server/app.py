@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from events.compaction import compact_periodically
 from events.store import EventStore
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
@@ -124,6 +126,12 @@ def create_app(settings: Settings) -> Starlette:
             if interpreter is not None:
                 opened.push_async_callback(interpreter.aclose)
             opened.push_async_callback(manager.shutdown)
+            if settings.compact_older_than_s is not None:
+                compaction = asyncio.create_task(
+                    compact_periodically(settings.db_path, settings.compact_older_than_s, settings.compact_interval_s),
+                    name="background-compaction",
+                )
+                opened.callback(compaction.cancel)
             await manager.recover()
             if stores is not None:
                 await stores.recover()

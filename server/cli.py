@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from server import __version__
-from server.config import ConfigError, Settings
+from server.config import ConfigError, Settings, parse_duration
 from server.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
@@ -178,21 +178,11 @@ def _data_dir(given: Path | None) -> Path:
     return given if given is not None else Path(os.environ.get("THREADLOG_DATA_DIR", "./threadlog-data"))
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _duration(text: str) -> float:
-    """`30d`, `12h`, `90m`, `45s` (a bare number is seconds)."""
-    text = text.strip().lower()
-    unit = _UNITS.get(text[-1:]) if text else None
-    number = text[:-1] if unit is not None else text
     try:
-        value = float(number) * (unit or 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use 30d, 12h, 90m or 45s)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a duration cannot be negative")
-    return value
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _events(args: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ class Settings:
     run_timeout_s: float = 600.0
     header_timeout_s: float = 15.0
     grace_s: float = 30.0
+    compact_older_than_s: float | None = None  # compact in the background (see events/compaction.py)
+    compact_interval_s: float = 3600.0
     max_file_bytes: int = 512 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     code_wall_time_s: float = 60.0
@@ -76,6 +78,10 @@ class Settings:
             "run_timeout_s": float(env.get("THREADLOG_RUN_TIMEOUT_SECONDS", "600")),
             "header_timeout_s": float(env.get("THREADLOG_HEADER_TIMEOUT_SECONDS", "15")),
             "grace_s": float(env.get("THREADLOG_GRACE_SECONDS", "30")),
+            "compact_older_than_s": (
+                parse_duration(env["THREADLOG_COMPACT_OLDER_THAN"]) if env.get("THREADLOG_COMPACT_OLDER_THAN") else None
+            ),
+            "compact_interval_s": float(env.get("THREADLOG_COMPACT_INTERVAL_SECONDS", "3600")),
             "max_file_bytes": int(env.get("THREADLOG_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
             "max_request_bytes": int(env.get("THREADLOG_MAX_REQUEST_BYTES", str(32 * 1024 * 1024))),
             "code_wall_time_s": float(env.get("THREADLOG_CODE_TIMEOUT_SECONDS", "60")),
@@ -103,6 +109,8 @@ class Settings:
             )
         if self.run_timeout_s <= 0:
             raise ConfigError("THREADLOG_RUN_TIMEOUT_SECONDS must be positive")
+        if self.compact_interval_s <= 0:
+            raise ConfigError("THREADLOG_COMPACT_INTERVAL_SECONDS must be positive")
         if self.grace_s < 0:
             raise ConfigError("THREADLOG_GRACE_SECONDS (--grace-seconds) must not be negative")
         if self.code_wall_time_s <= 0:
@@ -118,6 +126,23 @@ class Settings:
                 f"Refusing to listen on {self.host} without API keys: anyone who can reach it could use "
                 "your model providers. Set THREADLOG_API_KEYS=key1,key2 or bind to 127.0.0.1."
             )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`30d`, `12h`, `90m`, `45s` (a bare number is seconds), in seconds; ValueError otherwise."""
+    text = text.strip().lower()
+    unit = _UNITS.get(text[-1:]) if text else None
+    number = text[:-1] if unit is not None else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (use 30d, 12h, 90m or 45s)") from None
+    if value < 0:
+        raise ValueError("a duration cannot be negative")
+    return value
 
 
 def is_loopback(host: str) -> bool:

@@ -15,7 +15,7 @@ from openai import OpenAI
 
 from events.compaction import DELTA_TYPES
 from server.fake_upstream import RunningUpstream
-from tests.runs_fixtures import MODEL, message_value, read_sse, upstream_env
+from tests.runs_fixtures import MODEL, message_value, read_sse, upstream_env, wait_for
 from tests.serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -117,3 +117,21 @@ def test_recent_runs_are_kept_and_durations_are_checked(upstream: RunningUpstrea
     assert _deltas(data_dir / "threadlog.sqlite", run.id) > 0
     bad = run_cli("compact", "--older-than", "soon", "--data-dir", str(data_dir))
     assert bad.returncode == 2 and "not a duration" in bad.stderr
+
+
+def test_the_server_can_compact_in_the_background(upstream: RunningUpstream, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = upstream_env(upstream, THREADLOG_COMPACT_OLDER_THAN="0s", THREADLOG_COMPACT_INTERVAL_SECONDS="0.2")
+    server = ServerProcess(data_dir=data_dir, env=env, log_level="info").start()
+    try:
+        client = OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=60)
+        assistant = client.beta.assistants.create(model=MODEL)
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": "long: 30"}])
+        run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+        assert run.status == "completed"
+        wait_for(lambda: _deltas(data_dir / "threadlog.sqlite", run.id) == 0, timeout=30)
+        text = message_value(client.beta.threads.messages.list(thread_id=thread.id).data[0])
+        assert len(text.split()) == 30
+        assert "compacted 1 runs: removed" in server.log()
+    finally:
+        server.stop()
