@@ -115,7 +115,9 @@ def create_app(settings: Settings) -> Starlette:
             opened.push_async_callback(store.close)
             await store.open()
             views = ViewReader(store.reader, projector)
-            manager = RunManager(store, views, providers, run_timeout_s=settings.run_timeout_s)
+            manager = RunManager(
+                store, views, providers, run_timeout_s=settings.run_timeout_s, log_content=settings.log_content
+            )
             svc = Services(settings=settings, store=store, views=views, runs=manager)
             manager.builtins = Builtins(svc)
             app.state.services = svc

@@ -57,6 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="on SIGTERM, how long running runs get to finish before they end (default 30, THREADLOG_GRACE_SECONDS)",
     )
     serve.add_argument(
+        "--log-content",
+        action="store_true",
+        default=None,
+        help="put the reply's text in run log lines (THREADLOG_LOG_CONTENT=1); off: logs hold no message text",
+    )
+    serve.add_argument(
         "--otel",
         action="store_true",
         help="send traces over OTLP/HTTP (on too when OTEL_EXPORTER_OTLP_ENDPOINT is set)",
@@ -130,6 +136,7 @@ def _serve(args: argparse.Namespace) -> int:
             providers_file=args.providers,
             sqlite_synchronous=args.synchronous,
             grace_s=args.grace_seconds,
+            log_content=args.log_content,
         )
     except (ConfigError, ValueError) as exc:
         print(f"threadlog: {exc}", file=sys.stderr)

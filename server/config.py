@@ -33,6 +33,7 @@ class Settings:
     grace_s: float = 30.0
     compact_older_than_s: float | None = None  # compact in the background (see events/compaction.py)
     compact_interval_s: float = 3600.0
+    log_content: bool = False  # message text in run log lines (serve --log-content)
     max_file_bytes: int = 512 * 1024 * 1024
     max_request_bytes: int = 32 * 1024 * 1024
     code_wall_time_s: float = 60.0
@@ -81,6 +82,7 @@ class Settings:
             "compact_older_than_s": (
                 parse_duration(env["THREADLOG_COMPACT_OLDER_THAN"]) if env.get("THREADLOG_COMPACT_OLDER_THAN") else None
             ),
+            "log_content": env.get("THREADLOG_LOG_CONTENT", "") in ("1", "true", "yes"),
             "compact_interval_s": float(env.get("THREADLOG_COMPACT_INTERVAL_SECONDS", "3600")),
             "max_file_bytes": int(env.get("THREADLOG_MAX_FILE_BYTES", str(512 * 1024 * 1024))),
             "max_request_bytes": int(env.get("THREADLOG_MAX_REQUEST_BYTES", str(32 * 1024 * 1024))),

@@ -197,3 +197,25 @@ def test_text_logs_name_the_request_too(upstream: RunningUpstream, tmp_path: Pat
     lines = [line for line in server.log().splitlines() if "text-trace-7" in line]
     assert len(lines) == 1
     assert "threadlog.access [text-trace-7] GET /v1/assistants 200" in lines[0]
+
+
+def test_log_content_puts_the_reply_in_the_run_line(upstream: RunningUpstream, tmp_path: Path) -> None:
+    server = ServerProcess(
+        data_dir=tmp_path / "data", env=upstream_env(upstream), log_level="info", args=("--log-content",)
+    ).start()
+    try:
+        client = OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=30)
+        assistant = client.beta.assistants.create(model=MODEL)
+        words = f"visible words {uuid.uuid4().hex}"
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": f"say: {words}"}])
+        run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+        assert run.status == "completed"
+        line = ""
+        for _ in range(200):  # the run's task writes its line just after the run's last commit
+            line = next((x for x in server.log().splitlines() if f"run {run.id} completed" in x), "")
+            if line:
+                break
+            client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)  # a request between reads
+        assert line.endswith(f'; reply: "{words}"'), line
+    finally:
+        server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -121,8 +122,12 @@ class _RunLog:
             raise self.error
 
 
-def _log_run_end(run: dict[str, Any], seconds: float) -> None:
-    """One line per run that stops executing: ended, or paused for tool outputs."""
+def _log_run_end(run: dict[str, Any], seconds: float, content: str | None = None) -> None:
+    """One line per run that stops executing: ended, or paused for tool outputs.
+
+    No message text unless `content` is given (serve --log-content): logs are often shipped
+    where the conversation must not go.
+    """
     usage = run.get("usage") or {}
     error = run.get("last_error") or {}
     logger.info(
@@ -133,7 +138,8 @@ def _log_run_end(run: dict[str, Any], seconds: float) -> None:
         usage.get("prompt_tokens", 0),
         usage.get("completion_tokens", 0),
         seconds * 1000,
-        f": {error.get('code')}: {error.get('message')}" if error else "",
+        (f": {error.get('code')}: {error.get('message')}" if error else "")
+        + (f"; reply: {json.dumps(content, ensure_ascii=False)}" if content is not None else ""),
         extra={
             "run_id": run["id"],
             "thread_id": run["thread_id"],
@@ -143,6 +149,7 @@ def _log_run_end(run: dict[str, Any], seconds: float) -> None:
             "completion_tokens": usage.get("completion_tokens", 0),
             "ms": round(seconds * 1000, 1),
             "last_error": error.get("code"),
+            **({"content": content} if content is not None else {}),
         },
     )
 
@@ -162,8 +169,10 @@ class RunManager:
         builtins: BuiltinTools | None = None,
         *,
         run_timeout_s: float = 600.0,
+        log_content: bool = False,
     ) -> None:
         self.store = store
+        self.log_content = log_content  # run lines carry the reply's text (serve --log-content)
         self.run_timeout_s = run_timeout_s
         self.views = views
         self.providers = providers
@@ -278,7 +287,8 @@ class RunManager:
         finally:
             if not log.voided and self._engines.get(run["id"]) is engine:
                 seconds = time.monotonic() - started
-                _log_run_end(engine.run, seconds)
+                content = await self._reply_text(engine.run) if self.log_content else None
+                _log_run_end(engine.run, seconds, content)
                 metrics.RUNS.labels(engine.run["status"], engine.run["model"]).inc()
                 metrics.RUN_SECONDS.labels(engine.run["model"]).observe(seconds)
             self._forget(run["id"], engine)
@@ -316,6 +326,20 @@ class RunManager:
             f"The server had an internal error while running this run ({type(exc).__name__}); its log has the details."
         )
         await self._append(run, engine.fail("server_error", message))
+
+    async def _reply_text(self, run: dict[str, Any]) -> str:
+        """The text of the messages the run wrote, for a `--log-content` run line."""
+        with contextlib.suppress(Exception):  # a log line must never fail a run
+            page = await self.views.list("message", parent_id=run["thread_id"], limit=20, order="desc")
+            texts = [
+                part["text"]["value"]
+                for message in reversed(page.data)
+                if message.get("run_id") == run["id"]
+                for part in message.get("content") or []
+                if part.get("type") == "text"
+            ]
+            return "\n".join(texts)[:4000]
+        return ""
 
     def _forget(self, run_id: str, engine: RunEngine) -> None:
         if self._engines.get(run_id) is not engine:
