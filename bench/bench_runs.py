@@ -1049,6 +1049,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor", action=argparse.BooleanOptionalAction, default=True, help="section 4 also against the floor proxy"
     )
+    parser.add_argument(
+        "--metrics", choices=("on", "off"), default="on", help="off: the server counts nothing (THREADLOG_METRICS=off)"
+    )
     parser.add_argument("--check-log", type=int, default=10, help="section 4: runs compared with their log")
     parser.add_argument("--sections", default="1,2,3,4,5", help="which measurements to run, e.g. 1,3")
     parser.add_argument("--repeat", type=int, default=None, help="runs of sections 1-3; the summary shows the best")
@@ -1075,7 +1078,11 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="threadlog-bench-")) / "data"
     server = ServerProcess(
         data_dir=data_dir,
-        env={"THREADLOG_UPSTREAM_BASE_URL": upstream.base_url, "THREADLOG_UPSTREAM_MAX_RETRIES": "0"},
+        env={
+            "THREADLOG_UPSTREAM_BASE_URL": upstream.base_url,
+            "THREADLOG_UPSTREAM_MAX_RETRIES": "0",
+            "THREADLOG_METRICS": args.metrics,
+        },
     ).start()
     print(f"machine: {machine()}")
     print(f"server pid {server.process.pid if server.process else '?'}; {args.upstream} upstream {upstream.base_url}")
@@ -1093,7 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
     print("=" * 100)
     print(
         f"SUMMARY bench_runs ({args.upstream} upstream, {time.perf_counter() - started:.0f} s, end {load()};"
-        f" sections 1-3 best of {args.repeat})"
+        f" sections 1-3 best of {args.repeat}; metrics {args.metrics})"
     )
     print(f"machine: {machine()}")
     for line in summary:
