@@ -829,7 +829,8 @@ def create_app(latency_s: float = 0.0, api_key: str | None = None) -> Starlette:
     """Build the fake upstream app; ``api_key`` makes it demand ``Bearer <key>``."""
     state = FakeUpstreamState(api_key=api_key, latency_s=latency_s)
 
-    async def chat_completions(request: Request) -> Response:
+    async def json_body(request: Request) -> dict[str, Any] | Response:
+        """The request's JSON object, or the error response to send instead."""
         if not _authorized(request, state):
             return _unauthorized()
         try:
@@ -838,6 +839,12 @@ def create_app(latency_s: float = 0.0, api_key: str | None = None) -> Starlette:
             return error_response(400, "We could not parse the JSON body of your request.")
         if not isinstance(body, dict):
             return error_response(400, "The request body must be a JSON object.")
+        return body
+
+    async def chat_completions(request: Request) -> Response:
+        body = await json_body(request)
+        if isinstance(body, Response):
+            return body
         state.record_request(body)
         return await respond(body)
 
@@ -864,13 +871,10 @@ def create_app(latency_s: float = 0.0, api_key: str | None = None) -> Starlette:
 
     async def embeddings(request: Request) -> Response:
         """Deterministic vectors (from a hash of each input), in OpenAI's shape."""
-        if not _authorized(request, state):
-            return _unauthorized()
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error_response(400, "We could not parse the JSON body of your request.")
-        inputs = body.get("input") if isinstance(body, dict) else None
+        body = await json_body(request)
+        if isinstance(body, Response):
+            return body
+        inputs = body.get("input")
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
