@@ -24,12 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from events.records import RUN_END_TYPES
+
 __all__ = ["DELTA_TYPES", "CompactionReport", "compact", "compact_periodically"]
 
 logger = logging.getLogger("threadlog.compaction")
 
 DELTA_TYPES = ("thread.message.delta", "thread.run.step.delta")
-_RUN_ENDS = tuple(f"thread.run.{status}" for status in ("completed", "incomplete", "failed", "cancelled", "expired"))
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,12 @@ async def compact_periodically(db_path: Path, older_than_s: float, interval_s: f
 
 
 def _ended_runs_with_deltas(conn: sqlite3.Connection, cutoff: float) -> list[str]:
-    marks = ",".join("?" * len(_RUN_ENDS))
+    ends = sorted(RUN_END_TYPES)
+    marks = ",".join("?" * len(ends))
     rows = conn.execute(
         f"SELECT run_id FROM events WHERE run_id IS NOT NULL AND type IN ({marks}) "
         "GROUP BY run_id HAVING max(created_at) < ? "
         "AND EXISTS (SELECT 1 FROM events d WHERE d.run_id = events.run_id AND d.type IN (?, ?))",
-        (*_RUN_ENDS, cutoff, *DELTA_TYPES),
+        (*ends, cutoff, *DELTA_TYPES),
     ).fetchall()
     return [str(row[0]) for row in rows]

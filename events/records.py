@@ -17,6 +17,11 @@ import orjson
 SCHEMA_VERSION = 1
 """Version of the payload schemas; bumped (with an upcaster) if an event's shape changes."""
 
+RUN_END_TYPES = frozenset(
+    f"thread.run.{status}" for status in ("completed", "incomplete", "failed", "cancelled", "expired")
+)
+"""The events that end a run for good (a run in `requires_action` is paused, not ended)."""
+
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadlog_request_id", default=None)
 """The id of the API request being handled (its `x-request-id`), set by the server for the
 request's whole life; a run's task inherits it. Every append records it with its events, so a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -17,9 +18,10 @@ def bearer_token(headers: dict[bytes, bytes]) -> bytes | None:
     return token.strip() if scheme.lower() == b"bearer" else None
 
 
-def holds_key(headers: dict[bytes, bytes], keys: frozenset[str]) -> bool:
+def holds_key(headers: dict[bytes, bytes], keys: Iterable[bytes]) -> bool:
+    """Whether the request's bearer token is one of `keys` (compared in constant time)."""
     token = bearer_token(headers)
-    return token is not None and any(hmac.compare_digest(token, key.encode()) for key in keys)
+    return token is not None and any(hmac.compare_digest(token, key) for key in keys)
 
 
 class BearerKeyMiddleware:
@@ -36,11 +38,11 @@ class BearerKeyMiddleware:
         if scope["type"] != "http" or not self.keys or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), key) for key in self.keys):
+        headers = dict(scope["headers"])
+        if holds_key(headers, self.keys):
             await self.app(scope, receive, send)
             return
+        header = headers.get(b"authorization", b"")
         message = (
             "You didn't provide an API key. Provide it in an Authorization header: Bearer YOUR_KEY."
             if not header

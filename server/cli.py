@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from server import __version__
-from server.config import ConfigError, Settings, parse_duration
+from server.config import ConfigError, Settings, data_dir_from_env, parse_duration
 from server.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
@@ -182,7 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _data_dir(given: Path | None) -> Path:
     """As `serve` picks it: the option, else THREADLOG_DATA_DIR, else ./threadlog-data."""
-    return given if given is not None else Path(os.environ.get("THREADLOG_DATA_DIR", "./threadlog-data"))
+    return given if given is not None else data_dir_from_env(os.environ)
 
 
 def _duration(text: str) -> float:

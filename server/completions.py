@@ -187,7 +187,7 @@ def _parse_event(provider: Provider, event: bytes) -> Chunk:
 async def _open(provider: Provider, payload: bytes) -> aiohttp.ClientResponse:
     """POST the request, retrying as the openai SDK does; returns a 2xx response, body unread."""
     session = session_for(provider)
-    url = provider.base_url.rstrip("/") + "/chat/completions"
+    url = provider.url("/chat/completions")
     attempt = 0
     while True:
         attempt += 1

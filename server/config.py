@@ -67,7 +67,7 @@ class Settings:
         env = dict(os.environ if env is None else env)
         keys = frozenset(k.strip() for k in env.get("THREADLOG_API_KEYS", "").split(",") if k.strip())
         values: dict[str, object] = {
-            "data_dir": Path(env.get("THREADLOG_DATA_DIR", "./threadlog-data")),
+            "data_dir": data_dir_from_env(env),
             "host": env.get("THREADLOG_HOST", "127.0.0.1"),
             "port": int(env.get("THREADLOG_PORT", "8000")),
             "api_keys": keys,
@@ -128,6 +128,11 @@ class Settings:
                 f"Refusing to listen on {self.host} without API keys: anyone who can reach it could use "
                 "your model providers. Set THREADLOG_API_KEYS=key1,key2 or bind to 127.0.0.1."
             )
+
+
+def data_dir_from_env(env: Mapping[str, str]) -> Path:
+    """THREADLOG_DATA_DIR, else ./threadlog-data: `serve` and every command on a data dir agree."""
+    return Path(env.get("THREADLOG_DATA_DIR", "./threadlog-data"))
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

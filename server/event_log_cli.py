@@ -19,11 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from events.records import RUN_END_TYPES
+
 __all__ = ["print_events"]
 
-_RUN_ENDS = frozenset(
-    f"thread.run.{status}" for status in ("completed", "incomplete", "failed", "cancelled", "expired")
-)
 _POLL_S = 0.2
 
 
@@ -48,7 +47,7 @@ def print_events(
             ended = False
             for sequence, stream_id, type_, data, created_at, run_id, request_id in _read(conn, column, target, after):
                 after = sequence
-                ended = ended or (column == "run_id" and type_ in _RUN_ENDS)
+                ended = ended or (column == "run_id" and type_ in RUN_END_TYPES)
                 if types and not any(fnmatch.fnmatchcase(type_, pattern) for pattern in types):
                     continue
                 payload = json.loads(data)

@@ -192,7 +192,8 @@ async def metrics_endpoint(request: Request) -> Response:
     settings = request.app.state.services.settings
     if not ENABLED:
         return error_response(APIError(404, "Metrics are off on this server (THREADLOG_METRICS=off)."))
-    if settings.api_keys and not holds_key(dict(request.scope["headers"]), settings.admin_keys):
+    admin_keys = [key.encode() for key in settings.admin_keys]
+    if settings.api_keys and not holds_key(dict(request.scope["headers"]), admin_keys):
         message = (
             "Metrics need an admin key (THREADLOG_ADMIN_KEYS) in an Authorization header: Bearer ADMIN_KEY."
             if settings.admin_keys

@@ -47,6 +47,15 @@ class Provider:
     def serves_by_glob(self, model: str) -> bool:
         return any(_is_glob(p) and fnmatch.fnmatchcase(model, p) for p in self.models)
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The exact names among `models` (the others are globs)."""
+        return tuple(p for p in self.models if not _is_glob(p))
+
+    def url(self, path: str) -> str:
+        """`path` (`/chat/completions`, `/models`, ...) under the provider's base URL."""
+        return self.base_url.rstrip("/") + path
+
 
 def _is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")

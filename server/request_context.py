@@ -70,16 +70,16 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_ids)
         finally:
+            route = self.route_templates.get(scope.get("endpoint"))
             if traced is not None:
-                route_name = self.route_templates.get(scope.get("endpoint"))
-                if route_name is not None:
-                    current.update_name(f"{scope['method']} {route_name}")
-                    current.set_attribute("http.route", route_name)
+                if route is not None:
+                    current.update_name(f"{scope['method']} {route}")
+                    current.set_attribute("http.route", route)
                 current.set_attribute("http.response.status_code", status)
                 current.set_attribute("threadlog.request_id", request_id)
                 traced.__exit__(None, None, None)
             elapsed = (time.perf_counter() - started) * 1000
-            route = self.route_templates.get(scope.get("endpoint"), "unmatched")
+            route = route or "unmatched"
             metrics.REQUESTS.labels(route, scope["method"], str(status)).inc()
             metrics.REQUEST_SECONDS.labels(route, scope["method"]).observe(elapsed / 1000)
             if access_log.isEnabledFor(logging.INFO):

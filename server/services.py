@@ -10,7 +10,7 @@ from starlette.requests import Request
 from events.store import EventStore
 from projections.views import ViewReader
 from server.config import Settings
-from server.errors import APIError, not_found
+from server.errors import APIError, bad_request, not_found
 
 if TYPE_CHECKING:
     from server.runs.manager import RunManager
@@ -24,6 +24,13 @@ class Services:
     runs: RunManager | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     draining: bool = False  # a graceful shutdown began: no new runs (server/shutdown.py)
+
+    def require_served_model(self, model: str) -> None:
+        """400 `model_not_found` when no configured provider serves `model`: an assistant is
+        refused at create (not at its first run), a run naming such a model likewise."""
+        assert self.runs is not None
+        if self.runs.providers.resolve(model) is None:
+            raise bad_request(self.runs.providers.missing_provider_message(model), "model", "model_not_found")
 
     def refuse_new_runs_when_draining(self) -> None:
         if self.draining:

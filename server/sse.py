@@ -8,19 +8,12 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message, Send
 
-from events.records import StoredEvent, encode
+from events.records import RUN_END_TYPES, StoredEvent, encode
 from events.store import EventStore
 from server import metrics
 
 __all__ = ["OPENAI_STREAM_EVENTS", "encode_item", "run_stream", "run_stream_response", "without_content"]
 
-_RUN_END = {
-    "thread.run.completed",
-    "thread.run.incomplete",
-    "thread.run.failed",
-    "thread.run.cancelled",
-    "thread.run.expired",
-}
 _PAUSE = "thread.run.requires_action"
 _PING_S = 15.0  # a comment line keeps idle connections (and proxies) from timing out
 
@@ -93,7 +86,7 @@ async def run_stream(
                 if event.type not in OPENAI_STREAM_EVENTS:
                     continue
                 parts.append(_encoded(event, redact))
-                if event.type in _RUN_END or (stop_at_requires_action and event.type == _PAUSE):
+                if event.type in RUN_END_TYPES or (stop_at_requires_action and event.type == _PAUSE):
                     ended = True
                     break
             if ended:

@@ -10,28 +10,20 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from events.records import NewEvent
-from server.errors import bad_request
 from server.http import list_params, parse_body
 from server.ids import new_id
 from server.models.assistants import CreateAssistant, ModifyAssistant
 from server.models.common import dump, tool_json
-from server.services import Services, services
+from server.services import services
 from server.tool_resources import check_tools, resolve_tool_resources
 
 __all__ = ["routes"]
 
 
-def _check_model(svc: Services, model: str) -> None:
-    """Refused at create, not at the first run: no configured provider serves `model`."""
-    assert svc.runs is not None
-    if svc.runs.providers.resolve(model) is None:
-        raise bad_request(svc.runs.providers.missing_provider_message(model), "model", "model_not_found")
-
-
 async def create_assistant(request: Request) -> JSONResponse:
     svc = services(request)
     body = await parse_body(request, CreateAssistant)
-    _check_model(svc, body.model)
+    svc.require_served_model(body.model)
     await check_tools(svc, body.tools, param="tools")
     assistant_id = new_id("asst_")
     resources, setup = await resolve_tool_resources(svc, body.tool_resources, owner_id=assistant_id)
@@ -85,7 +77,7 @@ async def modify_assistant(request: Request) -> JSONResponse:
         elif name == "model" and value is None:
             continue
         elif name == "model":
-            _check_model(svc, value)
+            svc.require_served_model(value)
             changes["model"] = value
         else:
             changes[name] = value

@@ -50,9 +50,8 @@ class _ModelCache:
             for provider in registry.all_providers:
                 for model in await self._of(provider):
                     found.setdefault(model["id"], model)
-                for name in provider.models:
-                    if not any(ch in name for ch in "*?["):
-                        found.setdefault(name, {"id": name, "object": "model", "created": 0, "owned_by": provider.name})
+                for name in provider.model_names:
+                    found.setdefault(name, {"id": name, "object": "model", "created": 0, "owned_by": provider.name})
             return list(found.values())
 
     async def _of(self, provider: Provider) -> list[dict[str, Any]]:
@@ -62,7 +61,7 @@ class _ModelCache:
         models: list[dict[str, Any]] = []
         try:
             async with asyncio.timeout(min(provider.timeout_s, 10.0)):
-                response = await session_for(provider).get(_url(provider, "/models"))
+                response = await session_for(provider).get(provider.url("/models"))
                 async with response:
                     if response.status >= 300:
                         raise RuntimeError(f"HTTP {response.status}")
@@ -82,10 +81,6 @@ class _ModelCache:
             return cached[1] if cached is not None else []
         self._lists[provider.name] = (time.monotonic(), models)
         return models
-
-
-def _url(provider: Provider, path: str) -> str:
-    return provider.base_url.rstrip("/") + path
 
 
 def _cache(request: Request) -> _ModelCache:
@@ -141,7 +136,7 @@ async def _forward(request: Request, path: str) -> Response:
         raise APIError(404, registry.missing_provider_message(model), param="model", code="model_not_found")
     try:
         upstream = await session_for(provider).post(
-            _url(provider, path),
+            provider.url(path),
             data=payload,
             headers={"Accept": request.headers.get("accept", "application/json")},
             timeout=aiohttp.ClientTimeout(

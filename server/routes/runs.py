@@ -44,8 +44,7 @@ async def _new_run(
     if assistant is None:
         raise APIError(404, f"No assistant found with id '{body.assistant_id}'.", param="assistant_id")
     model = body.model or assistant["model"]
-    if _manager(svc).providers.resolve(model) is None:
-        raise bad_request(_manager(svc).providers.missing_provider_message(model), "model", "model_not_found")
+    svc.require_served_model(model)
     if body.tools is not None:
         await check_tools(svc, body.tools, param="tools")
         tools = [tool_json(t) for t in body.tools]

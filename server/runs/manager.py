@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from events.records import NewEvent, StoredEvent
+from events.records import RUN_END_TYPES, NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore
 from projections.views import ViewReader
 from server import metrics, tracing
@@ -29,10 +29,7 @@ __all__ = ["CannotCancel", "RunManager"]
 logger = logging.getLogger("threadlog.runs")
 
 # The events after which an engine yields nothing more.
-_LAST_EVENTS = frozenset(
-    f"thread.run.{status}"
-    for status in ("requires_action", "completed", "incomplete", "failed", "cancelled", "expired")
-)
+_LAST_EVENTS = RUN_END_TYPES | {"thread.run.requires_action"}
 
 
 class _RunLog:
