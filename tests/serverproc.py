@@ -20,11 +20,14 @@ import httpx
 
 __all__ = ["ServerProcess", "free_port", "run_cli"]
 
+_REPO = Path(__file__).resolve().parent.parent
+
 
 def run_cli(*argv: str, timeout: float = 120, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`threadlog ARGV...` as its own process, its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "server.cli", *argv],
+        cwd=_REPO,
         capture_output=True,
         text=True,
         timeout=timeout,

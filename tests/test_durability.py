@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +13,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def sdk_for(server: ServerProcess) -> OpenAI:
@@ -27,13 +23,7 @@ def sdk_for(server: ServerProcess) -> OpenAI:
 
 
 def verify_views(data_dir: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "replay", "--data-dir", str(data_dir), "--verify"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("replay", "--data-dir", str(data_dir), "--verify", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,19 +13,13 @@ from openai import OpenAI
 
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, message_value, read_sse, upstream_env
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _events(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", "events", *argv, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("events", *argv, "--data-dir", str(data_dir))
 
 
 def _text_of(lines: list[dict[str, object]]) -> str:

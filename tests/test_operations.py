@@ -4,8 +4,6 @@ access and run log lines (text and JSON), readiness. Real server processes, the 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,21 +16,15 @@ from openai import OpenAI
 from server import __version__
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, upstream_env
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 KEY = "sk-operations-test-secret-key"
 
 
-def _serve(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *argv], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
 def test_version_is_printed() -> None:
-    done = _serve(["--version"])
+    done = run_cli("--version", timeout=60)
     assert done.returncode == 0
     assert done.stdout.strip() == f"threadlog {__version__}"
     assert __version__ == "0.1.0"  # the installed package's own version, not a placeholder
@@ -47,7 +39,7 @@ def test_a_start_that_cannot_work_exits_non_zero_with_one_line(tmp_path: Path, b
         providers = tmp_path / "providers.toml"
         providers.write_text("[[provider]\nname = ")
         argv = ["serve", "--port", "0", "--data-dir", str(tmp_path / "data"), "--providers", str(providers)]
-    done = _serve(argv)
+    done = run_cli(*argv, timeout=60)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, done.stderr

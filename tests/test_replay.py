@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +22,9 @@ from openai import OpenAI
 
 from projections import build_projector
 from projections.rebuild import rebuild, verify
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
 
 
 def dump_views(db_path: Path) -> list[tuple[Any, ...]]:
@@ -188,7 +178,7 @@ def test_cli_verify_after_random_traffic(live: ServerProcess) -> None:
     sdk = OpenAI(base_url=live.base_url, api_key="k", max_retries=0, timeout=30)
     thread = sdk.beta.threads.create(messages=[{"role": "user", "content": "hello"}], metadata={"k": "v"})
     sdk.beta.threads.messages.create(thread.id, role="assistant", content=[{"type": "text", "text": "hi"}])
-    result = cli("replay", "--data-dir", str(live.data_dir), "--verify")
+    result = run_cli("replay", "--data-dir", str(live.data_dir), "--verify")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
     head = httpx.get(f"{live.root_url}/healthz").json()["head"]
@@ -232,7 +222,7 @@ def test_tamper_lock_rebuild_and_restart(tmp_path: Path) -> None:
         ]
         before = snapshot_objects(server, paths)
 
-        ok = cli("replay", "--data-dir", str(data_dir), "--verify")
+        ok = run_cli("replay", "--data-dir", str(data_dir), "--verify")
         assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr
 
         with sqlite3.connect(db_path, timeout=10) as conn:
@@ -241,12 +231,12 @@ def test_tamper_lock_rebuild_and_restart(tmp_path: Path) -> None:
                 (victim.id,),
             ).rowcount
         assert changed == 1
-        mismatch = cli("replay", "--data-dir", str(data_dir), "--verify")
+        mismatch = run_cli("replay", "--data-dir", str(data_dir), "--verify")
         assert mismatch.returncode == 1, mismatch.stdout + mismatch.stderr
         assert victim.id in mismatch.stdout and "name" in mismatch.stdout
         assert "OK" not in mismatch.stdout
 
-        refused = cli("replay", "--data-dir", str(data_dir))
+        refused = run_cli("replay", "--data-dir", str(data_dir))
         assert refused.returncode != 0
         assert "running" in refused.stderr
         # Refused means untouched: the tampered row is still there.
@@ -256,11 +246,11 @@ def test_tamper_lock_rebuild_and_restart(tmp_path: Path) -> None:
     finally:
         server.stop()
 
-    rebuilt = cli("replay", "--data-dir", str(data_dir))
+    rebuilt = run_cli("replay", "--data-dir", str(data_dir))
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert "rebuilt" in rebuilt.stdout
     first = dump_views(db_path)
-    assert cli("replay", "--data-dir", str(data_dir), "--verify").returncode == 0
+    assert run_cli("replay", "--data-dir", str(data_dir), "--verify").returncode == 0
 
     # Determinism: a second rebuild writes exactly the same rows.
     report = asyncio.run(rebuild(db_path, build_projector()))
@@ -278,7 +268,7 @@ def test_tamper_lock_rebuild_and_restart(tmp_path: Path) -> None:
         assert sdk.beta.assistants.update(victim.id, name="again").name == "again"
     finally:
         restarted.stop()
-    final = cli("replay", "--data-dir", str(data_dir), "--verify")
+    final = run_cli("replay", "--data-dir", str(data_dir), "--verify")
     assert final.returncode == 0 and "OK" in final.stdout, final.stdout
 
 
