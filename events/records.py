@@ -27,6 +27,16 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadl
 request's whole life; a run's task inherits it. Every append records it with its events, so a
 log line and the events one request caused can be matched."""
 
+DEFAULT_PROJECT = "proj_default"
+"""The project of events written before projects existed, and of every request made with a key
+from THREADLOG_API_KEYS (or with auth off)."""
+
+PROJECT: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadlog_project", default=None)
+"""The project the current request acts in, set by the server from the request's key (see
+server/projects.py) and inherited by the tasks the request starts. Appends to a new stream put
+it in this project; reads of the views see only its objects. None: the server's own work
+(recovery, expiry), which sees every project and appends in each stream's own project."""
+
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
@@ -51,6 +61,7 @@ class StoredEvent:
     schema_version: int = SCHEMA_VERSION
     _data: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     request_id: str | None = None  # the request that caused the append (None: recovery, expiry...)
+    project_id: str = DEFAULT_PROJECT  # the project of the event's stream
 
     @property
     def data(self) -> dict[str, Any]:
@@ -72,6 +83,7 @@ class StoredEvent:
             "created_at": self.created_at,
             "schema_version": self.schema_version,
             "request_id": self.request_id,
+            "project_id": self.project_id,
             "data": self.data,
         }
 

@@ -22,9 +22,17 @@ from typing import ClassVar, Protocol
 
 import aiosqlite
 
-from events.records import REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
+from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
 
-__all__ = ["SYNCHRONOUS_MODES", "ConcurrencyError", "EventStore", "Projector", "row_to_event"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "SYNCHRONOUS_MODES",
+    "ConcurrencyError",
+    "EventStore",
+    "ForeignStream",
+    "Projector",
+    "row_to_event",
+]
 
 CHECKPOINT_INTERVAL_S = 0.25
 """At most this often, a checkpoint moves committed WAL frames into the database file."""
@@ -42,7 +50,8 @@ CREATE TABLE IF NOT EXISTS events (
     data           TEXT    NOT NULL,     -- JSON payload exactly as sent to clients
     created_at     REAL    NOT NULL,     -- unix seconds, ms precision
     run_id         TEXT,
-    request_id     TEXT                  -- x-request-id of the API request that appended it
+    request_id     TEXT,                 -- x-request-id of the API request that appended it
+    project_id     TEXT                  -- the stream's project; NULL: written before projects (the default)
 );
 -- Optimistic concurrency backstop and "read one stream in order" (rowid rides along).
 CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream_id, version);
@@ -50,10 +59,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream_id, ve
 CREATE INDEX IF NOT EXISTS events_run ON events (run_id, sequence) WHERE run_id IS NOT NULL;
 """
 
-_COLUMNS = "sequence, stream_id, version, type, data, created_at, run_id, schema_version, request_id"
+EVENT_COLUMNS = "sequence, stream_id, version, type, data, created_at, run_id, schema_version, request_id, project_id"
 _INSERT = (
     "INSERT INTO events (sequence, stream_id, version, type, data, created_at, run_id, "
-    "schema_version, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "schema_version, request_id, project_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -67,11 +76,23 @@ class ConcurrencyError(Exception):
         self.actual = actual
 
 
+class ForeignStream(LookupError):
+    """An append, made on behalf of one project, to a stream of another.
+
+    The views hide other projects' objects, so a request never gets this far; the store
+    refuses anyway, so no code path can write across projects.
+    """
+
+    def __init__(self, stream_id: str, project_id: str, stream_project: str) -> None:
+        super().__init__(f"stream {stream_id} belongs to project {stream_project}, not {project_id}")
+        self.stream_id = stream_id
+
+
 class Projector(Protocol):
     """Folds events into views inside the append transaction."""
 
-    schema: str
-    """DDL for the projector's tables, run at open."""
+    async def prepare(self, conn: aiosqlite.Connection) -> None:
+        """Create the projector's tables (or migrate those of an earlier release), at open."""
 
     def handles(self, event_type: str) -> bool:
         """Whether any view folds this event type (appends of other types skip `stage`)."""
@@ -167,6 +188,7 @@ class _Append:
     expected_version: int | None
     future: asyncio.Future[list[StoredEvent]]
     request_id: str | None = None
+    project_id: str | None = None  # None: the server's own append, in the stream's project
 
 
 @dataclass(eq=False)
@@ -246,6 +268,7 @@ class EventStore:
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._wal_grew = asyncio.Event()
         self._versions: dict[str, int] = {}
+        self._projects: dict[str, str] = {}  # stream -> project, for streams seen since open
         self._head = 0
         self._subs_all: set[_Subscription] = set()
         self._subscriptions_ended = False
@@ -261,13 +284,13 @@ class EventStore:
         await self._writer_conn.execute("PRAGMA wal_autocheckpoint=0")
         await self._writer_conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
         await self._writer_conn.executescript(_SCHEMA)
-        await _add_request_id_column(self._writer_conn)
+        await _add_missing_columns(self._writer_conn)
         self._reader_conn = await open_connection(self.path, self.synchronous)
         rows = list(await self._writer_conn.execute_fetchall("SELECT COALESCE(MAX(sequence), 0) FROM events"))
         row = rows[0] if rows else None
         self._head = int(row[0]) if row else 0
         if self.projector is not None:
-            await self._writer_conn.executescript(self.projector.schema)
+            await self.projector.prepare(self._writer_conn)
             await self._catch_up(self.projector)
         self._writer_task = asyncio.create_task(self._run_writer(), name="event-store-writer")
         self._checkpoint_conn = await open_connection(self.path, self.synchronous)
@@ -367,7 +390,7 @@ class EventStore:
         if self._writer_task is None:
             raise RuntimeError("event store is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append(stream_id, events, expected_version, future, REQUEST_ID.get()))
+        self._queue.put_nowait(_Append(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get()))
         return future
 
     async def probe_write(self) -> None:
@@ -391,6 +414,26 @@ class EventStore:
         )
         row = rows[0] if rows else None
         return int(row[0]) if row else 0
+
+    async def stream_project(self, stream_id: str) -> str | None:
+        """The project a stream belongs to (None: no such stream)."""
+        project = self._projects.get(stream_id)
+        if project is not None:
+            return project
+        return await self._read_stream_project(self.reader, stream_id)
+
+    async def _read_stream_project(self, conn: aiosqlite.Connection, stream_id: str) -> str | None:
+        rows = list(
+            await conn.execute_fetchall(
+                "SELECT COALESCE(project_id, ?) FROM events WHERE stream_id = ? AND version = 1",
+                (DEFAULT_PROJECT, stream_id),
+            )
+        )
+        if not rows:
+            return None
+        project = str(rows[0][0])
+        self._projects[stream_id] = project
+        return project
 
     async def _run_writer(self) -> None:
         stopping = False
@@ -435,6 +478,7 @@ class EventStore:
         projector = self.projector
         handles = projector.handles if projector is not None else None
         versions = self._versions
+        new_projects: dict[str, str] = {}  # streams this batch creates
         for req in batch:
             if req.future.done():
                 continue
@@ -447,12 +491,20 @@ class EventStore:
             if req.expected_version is not None and req.expected_version != current:
                 req.future.set_exception(ConcurrencyError(stream_id, req.expected_version, current))
                 continue
+            project = new_projects.get(stream_id) or self._projects.get(stream_id)
+            if project is None and current > 0:
+                project = await self._read_stream_project(conn, stream_id)
+            if project is None:
+                project = req.project_id or DEFAULT_PROJECT
+            elif req.project_id is not None and req.project_id != project:
+                req.future.set_exception(ForeignStream(stream_id, req.project_id, project))
+                continue
             stored = []
             for i, event in enumerate(req.events, start=1):
                 data_json = encode(event.data)
                 stored.append(
                     StoredEvent(sequence + i, stream_id, current + i, event.type, data_json, now, event.run_id,
-                                SCHEMA_VERSION, event.data, req.request_id)
+                                SCHEMA_VERSION, event.data, req.request_id, project)
                 )  # fmt: skip
             if projector is not None and handles is not None and any(handles(e.type) for e in stored):
                 try:
@@ -463,10 +515,13 @@ class EventStore:
             sequence += len(stored)
             pending[stream_id] = current + len(stored)
             accepted.append((req, stored))
+            if current == 0:
+                new_projects[stream_id] = project  # later appends of this batch to the stream see it
             rows.extend(
-                (e.sequence, stream_id, e.version, e.type, e.data_json, now, e.run_id, SCHEMA_VERSION, req.request_id)
+                (e.sequence, stream_id, e.version, e.type, e.data_json, now, e.run_id, SCHEMA_VERSION, req.request_id,
+                 project)
                 for e in stored
-            )
+            )  # fmt: skip
         if not accepted:
             return
         statements: list[Statement] = [(_INSERT, rows)]
@@ -490,6 +545,7 @@ class EventStore:
         if self._on_commit is not None:
             self._on_commit(len(rows), time.perf_counter() - started)
         versions.update(pending)
+        self._projects.update(new_projects)
         self._head = sequence
         self._wal_grew.set()
         if projector is not None:
@@ -529,16 +585,16 @@ class EventStore:
     ) -> list[StoredEvent]:
         """Committed events with sequence > `after`, oldest first, optionally of one stream or run."""
         if run_id is not None:
-            sql = f"SELECT {_COLUMNS} FROM events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
+            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE run_id = ? AND sequence > ? ORDER BY sequence LIMIT ?"
             args: tuple[object, ...] = (run_id, after, limit)
         elif stream_id is not None:
             sql = (
-                f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND sequence > ? "
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = ? AND sequence > ? "
                 "ORDER BY stream_id, version LIMIT ?"
             )
             args = (stream_id, after, limit)
         else:
-            sql = f"SELECT {_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?"
+            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?"
             args = (after, limit)
         rows = list(await (conn or self.reader).execute_fetchall(sql, args))
         return [row_to_event(row) for row in rows]
@@ -641,16 +697,18 @@ async def open_connection(path: Path, synchronous: str = "NORMAL") -> aiosqlite.
     return conn
 
 
-async def _add_request_id_column(conn: aiosqlite.Connection) -> None:
-    """Logs written before events recorded their request id get the column (NULL for old events)."""
+async def _add_missing_columns(conn: aiosqlite.Connection) -> None:
+    """Logs written by earlier releases get the columns added since (NULL for their events:
+    no request id; the default project)."""
     columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(events)")}
-    if "request_id" not in columns:
-        await conn.execute("ALTER TABLE events ADD COLUMN request_id TEXT")
-        await conn.commit()
+    for name in ("request_id", "project_id"):
+        if name not in columns:
+            await conn.execute(f"ALTER TABLE events ADD COLUMN {name} TEXT")
+    await conn.commit()
 
 
 def row_to_event(row: Sequence[object]) -> StoredEvent:
-    sequence, stream_id, version, type_, data, created_at, run_id, schema_version, request_id = row
+    sequence, stream_id, version, type_, data, created_at, run_id, schema_version, request_id, project_id = row
     return StoredEvent(
         sequence=int(sequence),  # type: ignore[call-overload]
         stream_id=str(stream_id),
@@ -661,6 +719,7 @@ def row_to_event(row: Sequence[object]) -> StoredEvent:
         run_id=None if run_id is None else str(run_id),
         schema_version=int(schema_version),  # type: ignore[call-overload]
         request_id=None if request_id is None else str(request_id),
+        project_id=DEFAULT_PROJECT if project_id is None else str(project_id),
     )
 
 

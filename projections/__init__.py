@@ -4,8 +4,10 @@ from projections.assistants import ASSISTANTS
 from projections.base import Projection, ViewProjector
 from projections.files import FILE_BATCHES, FILES, VECTOR_STORE_FILES, VECTOR_STORES
 from projections.messages import MESSAGES
+from projections.organization import API_KEYS, PROJECTS, SERVICE_ACCOUNTS
 from projections.runs import RUNS, STEP_USAGE, STEPS, TOOL_OUTPUTS
 from projections.threads import THREADS
+from projections.usage import USAGE
 
 ALL_PROJECTIONS: tuple[Projection, ...] = (
     ASSISTANTS,
@@ -19,6 +21,10 @@ ALL_PROJECTIONS: tuple[Projection, ...] = (
     VECTOR_STORES,
     VECTOR_STORE_FILES,
     FILE_BATCHES,
+    PROJECTS,
+    SERVICE_ACCOUNTS,
+    API_KEYS,
+    USAGE,
 )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosqlite
 
-from events.records import StoredEvent
+from events.records import DEFAULT_PROJECT, StoredEvent
 from events.store import Statement
 from projections.live import LiveDoc, fold_deltas
 
@@ -100,10 +100,14 @@ CREATE TABLE IF NOT EXISTS views (
     run_id    TEXT,              -- the run that made a message or step
     ordinal   INTEGER NOT NULL,  -- sequence of the event that created it: list order
     doc       TEXT    NOT NULL,  -- the object exactly as the API returns it
+    project_id TEXT   NOT NULL DEFAULT 'proj_default',  -- the project of its stream
     PRIMARY KEY (kind, id)
 ) WITHOUT ROWID;
 -- Every list endpoint: one kind under one parent, in creation order, from a cursor.
 CREATE INDEX IF NOT EXISTS views_list ON views (kind, parent_id, ordinal);
+-- Lists of top-level objects (assistants, files, vector stores) in one project; children
+-- are listed under their parent, which is in one project already.
+CREATE INDEX IF NOT EXISTS views_project_top ON views (kind, project_id, ordinal) WHERE parent_id IS NULL;
 CREATE TABLE IF NOT EXISTS projection_position (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL    -- sequence of the last event folded into the views
@@ -126,6 +130,8 @@ class Projection:
     run_field: str | None = None
     key: Callable[[Mapping[str, Any]], str] = field(default=by_id)
     streamed: frozenset[str] = frozenset()
+    event_key: Callable[[StoredEvent], str] | None = None
+    """A key made from more than the payload (the event's project or time); replaces `key`."""
 
     def meta(self, doc: Doc) -> tuple[str | None, str | None]:
         parent = doc.get(self.parent_field) if self.parent_field else None
@@ -137,6 +143,7 @@ class Projection:
 class View:
     doc: Doc
     ordinal: int
+    project_id: str = DEFAULT_PROJECT  # every event of a view's stream is in the stream's project
 
 
 ViewKey = tuple[str, str]
@@ -163,7 +170,7 @@ class ViewProjector:
         for event_type, handlers in self._handlers.items():
             if all(fold in _OVERWRITING for _, fold in handlers):
                 self.overwrites.add(event_type)
-            if len(handlers) == 1 and handlers[0][0].key is by_id:
+            if len(handlers) == 1 and handlers[0][0].key is by_id and handlers[0][0].event_key is None:
                 projection, fold = handlers[0]
                 self.keyed_by_id[event_type] = projection.kind
                 if fold in _EXISTENCE_PRESERVING:
@@ -182,6 +189,10 @@ class ViewProjector:
 
     schema = VIEWS_SCHEMA
 
+    async def prepare(self, conn: aiosqlite.Connection) -> None:
+        """Create the tables, or bring those of an earlier release up to date."""
+        await prepare_views(conn)
+
     def handles(self, event_type: str) -> bool:
         return event_type in self._handlers or event_type in self._streamed
 
@@ -192,7 +203,7 @@ class ViewProjector:
         return sorted(self._handlers)
 
     def keys_for(self, event: StoredEvent) -> list[ViewKey]:
-        return [(projection.kind, projection.key(event.data)) for projection, _ in self._handlers.get(event.type, ())]
+        return [(projection.kind, _key(projection, event)) for projection, _ in self._handlers.get(event.type, ())]
 
     def fold_event(
         self,
@@ -202,10 +213,12 @@ class ViewProjector:
     ) -> None:
         """Fold one event into `into`; `lookup` gives the current view of a key."""
         for projection, fold in self._handlers.get(event.type, ()):
-            key = (projection.kind, projection.key(event.data))
+            key = (projection.kind, _key(projection, event))
             current = into[key] if key in into else lookup(key)
             doc = fold(current.doc if current else None, event)
-            into[key] = None if doc is None else View(doc, current.ordinal if current else event.sequence)
+            into[key] = (
+                None if doc is None else View(doc, current.ordinal if current else event.sequence, event.project_id)
+            )
 
     async def stage(self, conn: aiosqlite.Connection, events: Sequence[StoredEvent]) -> None:
         loaded: dict[ViewKey, View | None] = {}
@@ -299,7 +312,8 @@ class ViewProjector:
                 deletes.append((kind, view_id))
             else:
                 parent, run = self._by_kind[kind].meta(view.doc)
-                upserts.append((kind, view_id, parent, run, view.ordinal, json.dumps(view.doc, ensure_ascii=False)))
+                doc = json.dumps(view.doc, ensure_ascii=False)
+                upserts.append((kind, view_id, parent, run, view.ordinal, doc, view.project_id))
         statements: list[Statement] = []
         if upserts:
             statements.append((_UPSERT_VIEW, upserts))
@@ -344,13 +358,27 @@ class ViewProjector:
         for start in range(0, len(keys), 400):
             part = keys[start : start + 400]
             values = ", ".join("(?, ?)" for _ in part)
-            sql = f"SELECT kind, id, doc, ordinal FROM views WHERE (kind, id) IN (VALUES {values})"
+            sql = f"SELECT kind, id, doc, ordinal, project_id FROM views WHERE (kind, id) IN (VALUES {values})"
             params = [item for key in part for item in key]
-            for kind, view_id, doc, ordinal in await conn.execute_fetchall(sql, params):
-                views[(str(kind), str(view_id))] = View(json.loads(doc), int(ordinal))
+            for kind, view_id, doc, ordinal, project in await conn.execute_fetchall(sql, params):
+                views[(str(kind), str(view_id))] = View(json.loads(doc), int(ordinal), str(project))
         for key, view in views.items():
             self._cache[key] = view
         return views
+
+
+def _key(projection: Projection, event: StoredEvent) -> str:
+    return projection.event_key(event) if projection.event_key is not None else projection.key(event.data)
+
+
+async def prepare_views(conn: aiosqlite.Connection) -> None:
+    """The views' tables; a table from before projects gets its project column (the default
+    project: everything written then belongs to it) before the indexes that use it."""
+    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(views)")}
+    if columns and "project_id" not in columns:
+        await conn.execute(f"ALTER TABLE views ADD COLUMN project_id TEXT NOT NULL DEFAULT '{DEFAULT_PROJECT}'")
+        await conn.commit()
+    await conn.executescript(VIEWS_SCHEMA)
 
 
 async def read_position(conn: aiosqlite.Connection) -> int:
@@ -375,7 +403,7 @@ def position_statement(position: int) -> Statement:
 
 
 _UPSERT_VIEW = (
-    "INSERT INTO views (kind, id, parent_id, run_id, ordinal, doc) VALUES (?, ?, ?, ?, ?, ?) "
+    "INSERT INTO views (kind, id, parent_id, run_id, ordinal, doc, project_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (kind, id) DO UPDATE SET parent_id = excluded.parent_id, "
     "run_id = excluded.run_id, doc = excluded.doc"
 )

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from events.records import StoredEvent
+from events.records import DEFAULT_PROJECT, StoredEvent
 from events.store import open_connection
 from projections.base import View, ViewKey, ViewProjector, read_position, write_position
 
@@ -92,7 +92,7 @@ async def _fold_log(
     marks = ",".join("?" for _ in types)
     bound = "" if upto is None else " AND sequence <= ?"
     where = f"WHERE sequence > ? AND type IN ({marks}){bound}"
-    columns = "sequence, stream_id, version, type, data, created_at, run_id"
+    columns = "sequence, stream_id, version, type, data, created_at, run_id, project_id"
 
     def args(after: int) -> tuple[Any, ...]:
         return (after, *types) + (() if upto is None else (upto,)) + (batch,)
@@ -111,7 +111,7 @@ async def _fold_log(
             ahead = asyncio.ensure_future(fetch(position)) if len(rows) == batch else None
             try:
                 for row in rows:
-                    projector.fold_event(StoredEvent(*row), views, views.get)
+                    projector.fold_event(_event(row), views, views.get)
             except BaseException:
                 if ahead is not None:
                     ahead.cancel()
@@ -175,7 +175,7 @@ async def _fold_log(
             events = iter(full)
             for item in kept:
                 if isinstance(item, int):
-                    fold(StoredEvent(*next(events)), views, get)
+                    fold(_event(next(events)), views, get)
                 else:
                     key, sequence = item
                     current = get(key)
@@ -187,6 +187,13 @@ async def _fold_log(
             ahead.cancel()
         raise
     return views, position, count
+
+
+def _event(row: Any) -> StoredEvent:
+    sequence, stream_id, version, type_, data, created_at, run_id, project_id = row
+    return StoredEvent(
+        sequence, stream_id, version, type_, data, created_at, run_id, project_id=project_id or DEFAULT_PROJECT
+    )
 
 
 _PRESERVING, _SNAPSHOT, _OVERWRITE, _OTHER = range(4)
@@ -259,7 +266,7 @@ async def rebuild(
     started = time.perf_counter()
     conn = await open_connection(db_path)
     try:
-        await conn.executescript(projector.schema)
+        await projector.prepare(conn)
         await conn.execute("BEGIN IMMEDIATE")
         try:
             head = await _head(conn)
@@ -289,7 +296,7 @@ async def verify(
     started = time.perf_counter()
     conn = await open_connection(db_path)
     try:
-        await conn.executescript(projector.schema)
+        await projector.prepare(conn)
         await conn.execute("BEGIN")  # one snapshot for the log and the views
         try:
             position = await read_position(conn)
@@ -298,8 +305,9 @@ async def verify(
             if progress is not None and folded_to < position:
                 progress(position, position)
             rebuilt = {k: v for k, v in views.items() if v is not None}
-            async with conn.execute("SELECT kind, id, ordinal, doc FROM views ORDER BY kind, id") as cur:
-                live = {(str(r[0]), str(r[1])): (int(r[2]), json.loads(r[3])) for r in await cur.fetchall()}
+            sql = "SELECT kind, id, ordinal, doc, project_id FROM views ORDER BY kind, id"
+            async with conn.execute(sql) as cur:
+                live = {(str(r[0]), str(r[1])): (int(r[2]), json.loads(r[3]), str(r[4])) for r in await cur.fetchall()}
         finally:
             await conn.execute("COMMIT")
     finally:
@@ -308,7 +316,9 @@ async def verify(
     return RebuildReport(count, len(rebuilt), position, time.perf_counter() - started, difference)
 
 
-def _first_difference(rebuilt: Mapping[ViewKey, View | None], live: Mapping[ViewKey, tuple[int, Any]]) -> str | None:
+def _first_difference(
+    rebuilt: Mapping[ViewKey, View | None], live: Mapping[ViewKey, tuple[int, Any, str]]
+) -> str | None:
     for key in sorted(set(rebuilt) | set(live)):
         kind, view_id = key
         if key not in live:
@@ -316,9 +326,11 @@ def _first_difference(rebuilt: Mapping[ViewKey, View | None], live: Mapping[View
         view = rebuilt.get(key)
         if view is None:
             return f"{kind} {view_id}: in the live views but not in the rebuilt ones"
-        ordinal, doc = live[key]
+        ordinal, doc, project = live[key]
         if ordinal != view.ordinal:
             return f"{kind} {view_id}: created at sequence {view.ordinal} in the log, {ordinal} in the live view"
+        if project != view.project_id:
+            return f"{kind} {view_id}: in project {view.project_id} in the log, {project} in the live view"
         if doc != view.doc:
             return f"{kind} {view_id}: {_describe(view.doc, doc)}"
     return None

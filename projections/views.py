@@ -11,7 +11,8 @@ from typing import Any, Literal
 import aiosqlite
 import orjson
 
-from events.store import row_to_event
+from events.records import PROJECT
+from events.store import EVENT_COLUMNS, row_to_event
 from projections.base import Doc, ViewProjector
 
 __all__ = ["Page", "UnknownCursor", "ViewReader"]
@@ -48,6 +49,10 @@ class ViewReader:
     Stored views hold whole-object events only (see projections/live.py). An object read
     while `in_progress` is merged with its deltas: from the projector's memory, or, for one
     it does not hold (after a restart), folded from the object's events in the log.
+
+    Every read is confined to the current request's project (`events.records.PROJECT`):
+    another project's object reads exactly as a missing one, in every method, so no route
+    can forget the check. Without a project (the server's own work) reads see everything.
     """
 
     def __init__(self, conn: aiosqlite.Connection, projector: ViewProjector | None = None) -> None:
@@ -57,15 +62,20 @@ class ViewReader:
     async def get(self, kind: str, view_id: str) -> Doc | None:
         """One view: from the projector's memory of committed views when it holds it (no query:
         the objects a request checks first, its thread and assistant, are usually there)."""
+        project = PROJECT.get()
         if self._projector is not None:
             held, view = self._projector.committed_view(kind, view_id)
             if held:
-                return None if view is None else (await self._streaming(kind, [_private_copy(view.doc)]))[0]
+                if view is None or (project is not None and view.project_id != project):
+                    return None
+                return (await self._streaming(kind, [_private_copy(view.doc)]))[0]
         rows = list(
-            await self._conn.execute_fetchall("SELECT doc FROM views WHERE kind = ? AND id = ?", (kind, view_id))
+            await self._conn.execute_fetchall(
+                "SELECT doc, project_id FROM views WHERE kind = ? AND id = ?", (kind, view_id)
+            )
         )
         row = rows[0] if rows else None
-        if row is None:
+        if row is None or (project is not None and row[1] != project):
             return None
         return (await self._streaming(kind, [json.loads(row[0])]))[0]
 
@@ -85,8 +95,7 @@ class ViewReader:
 
     async def _fold_from_log(self, projector: ViewProjector, kind: str, doc: Doc) -> Doc | None:
         sql = (
-            "SELECT sequence, stream_id, version, type, data, created_at, run_id, schema_version, request_id "
-            "FROM events WHERE run_id = ? AND json_extract(data, '$.id') = ? ORDER BY sequence"
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE run_id = ? AND json_extract(data, '$.id') = ? ORDER BY sequence"
         )
         rows = await self._conn.execute_fetchall(sql, (doc["run_id"], doc["id"]))
         return projector.fold_streamed(kind, (row_to_event(row) for row in rows))
@@ -110,6 +119,7 @@ class ViewReader:
         """
         where = ["kind = ?", "parent_id IS ?"]
         args: list[Any] = [kind, parent_id]
+        _confine(where, args)
         if run_id is not None:
             where.append("run_id = ?")
             args.append(run_id)
@@ -136,43 +146,56 @@ class ViewReader:
         return Page(docs, has_more=len(rows) > limit)
 
     async def _ordinal(self, kind: str, view_id: str, param: str) -> int:
-        rows = list(
-            await self._conn.execute_fetchall("SELECT ordinal FROM views WHERE kind = ? AND id = ?", (kind, view_id))
-        )
+        where = ["kind = ?", "id = ?"]
+        args: list[Any] = [kind, view_id]
+        _confine(where, args)
+        rows = list(await self._conn.execute_fetchall(f"SELECT ordinal FROM views WHERE {' AND '.join(where)}", args))
         row = rows[0] if rows else None
         if row is None:
             raise UnknownCursor(param, view_id)
         return int(row[0])
 
     async def exists(self, kind: str, view_id: str) -> bool:
-        rows = await self._conn.execute_fetchall("SELECT 1 FROM views WHERE kind = ? AND id = ?", (kind, view_id))
-        return bool(list(rows))
+        return bool(await self._select(["kind = ?", "id = ?"], [kind, view_id], "1"))
 
     async def find(self, kind: str, parent_id: str | None, statuses: tuple[str, ...]) -> builtins.list[Doc]:
         """Views of a kind under a parent whose status is one of `statuses` (e.g. active runs)."""
         marks = ",".join("?" for _ in statuses)
-        sql = (
-            "SELECT doc FROM views WHERE kind = ? AND parent_id IS ? "
-            f"AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
-        )
-        rows = list(await self._conn.execute_fetchall(sql, (kind, parent_id, *statuses)))
+        where = ["kind = ?", "parent_id IS ?", f"json_extract(doc, '$.status') IN ({marks})"]
+        rows = await self._select(where, [kind, parent_id, *statuses])
         return await self._streaming(kind, [json.loads(row[0]) for row in rows])
 
     async def with_id_suffix(self, kind: str, suffix: str) -> builtins.list[Doc]:
         """Views whose composite id ends with `suffix` (a file's entries in every vector store)."""
-        rows = list(
-            await self._conn.execute_fetchall(
-                "SELECT doc FROM views WHERE kind = ? AND substr(id, -length(?)) = ? ORDER BY ordinal",
-                (kind, suffix, suffix),
-            )
-        )
+        rows = await self._select(["kind = ?", "substr(id, -length(?)) = ?"], [kind, suffix, suffix])
         return [json.loads(row[0]) for row in rows]
 
     async def all_of_kind(self, kind: str, statuses: tuple[str, ...]) -> builtins.list[Doc]:
         marks = ",".join("?" for _ in statuses)
-        sql = f"SELECT doc FROM views WHERE kind = ? AND json_extract(doc, '$.status') IN ({marks}) ORDER BY ordinal"
-        rows = list(await self._conn.execute_fetchall(sql, (kind, *statuses)))
+        rows = await self._select(["kind = ?", f"json_extract(doc, '$.status') IN ({marks})"], [kind, *statuses])
         return await self._streaming(kind, [json.loads(row[0]) for row in rows])
+
+    async def total(self, kind: str, path: str) -> int:
+        """The sum of a numeric field over a kind's views (a project's file bytes)."""
+        where = ["kind = ?"]
+        args: list[Any] = [kind]
+        _confine(where, args)
+        sql = f"SELECT COALESCE(SUM(json_extract(doc, ?)), 0) FROM views WHERE {' AND '.join(where)}"
+        rows = list(await self._conn.execute_fetchall(sql, [path, *args]))
+        return int(rows[0][0]) if rows else 0
+
+    async def _select(self, where: builtins.list[str], args: builtins.list[Any], columns: str = "doc") -> Any:
+        _confine(where, args)
+        sql = f"SELECT {columns} FROM views WHERE {' AND '.join(where)} ORDER BY ordinal"
+        return list(await self._conn.execute_fetchall(sql, args))
+
+
+def _confine(where: builtins.list[str], args: builtins.list[Any]) -> None:
+    """Add the current project to a query's conditions (nothing for the server's own reads)."""
+    project = PROJECT.get()
+    if project is not None:
+        where.append("project_id = ?")
+        args.append(project)
 
 
 def _private_copy(doc: Doc) -> Doc:

@@ -21,15 +21,25 @@ from events.store import EventStore
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
 from server import __version__, metrics, tracing
-from server.auth import BearerKeyMiddleware
 from server.builtins import Builtins
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
 from server.gc_policy import settle_heap
 from server.limits import BodyLimit, CatchAll
+from server.projects import Directory, ProjectAccess
 from server.providers import ProviderRegistry
 from server.request_context import RequestContext
-from server.routes import assistants, files, messages, passthrough, playground, runs, threads, vector_stores
+from server.routes import (
+    assistants,
+    files,
+    messages,
+    organization,
+    passthrough,
+    playground,
+    runs,
+    threads,
+    vector_stores,
+)
 from server.runs.manager import RunManager
 from server.services import Services, shutting_down
 
@@ -86,7 +96,7 @@ def _routes() -> list[BaseRoute]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
     ]
-    for module in (assistants, runs, threads, messages, files, vector_stores, passthrough, playground):
+    for module in (assistants, runs, threads, messages, files, vector_stores, passthrough, organization, playground):
         routes.extend(module.routes)
     return routes
 
@@ -94,6 +104,7 @@ def _routes() -> list[BaseRoute]:
 def create_app(settings: Settings) -> Starlette:
     """The server over `settings.data_dir`; the data dir is locked while it runs."""
     providers = ProviderRegistry.from_settings(settings.env, settings.providers_file)
+    directory = Directory(settings.api_keys, settings.admin_keys)
     if settings.env.get("THREADLOG_METRICS", "on").lower() in ("off", "0", "false"):
         metrics.disable()
 
@@ -118,7 +129,9 @@ def create_app(settings: Settings) -> Starlette:
             manager = RunManager(
                 store, views, providers, run_timeout_s=settings.run_timeout_s, log_content=settings.log_content
             )
-            svc = Services(settings=settings, store=store, views=views, runs=manager)
+            svc = Services(settings=settings, store=store, views=views, runs=manager, directory=directory)
+            await directory.load(views)
+            manager.directory = directory
             manager.builtins = Builtins(svc)
             app.state.services = svc
             stores = _vector_stores(svc)
@@ -154,7 +167,7 @@ def create_app(settings: Settings) -> Starlette:
                 max_json_bytes=settings.max_request_bytes,
                 max_upload_bytes=settings.max_file_bytes + 1024 * 1024,  # the form's other fields
             ),
-            Middleware(BearerKeyMiddleware, keys=settings.api_keys),
+            Middleware(ProjectAccess, directory=directory),
         ],
         exception_handlers=handlers,
         lifespan=lifespan,

@@ -38,8 +38,10 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type_: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers or []  # sent with the error (a 429's rate-limit headers)
         self.status = status
         self.message = message
         self.param = param
@@ -59,7 +61,8 @@ def not_found(kind: str, object_id: str, param: str | None = None) -> APIError:
 
 
 def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
+    headers = {name.decode(): value.decode() for name, value in error.headers}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
 def validation_error(exc: ValidationError) -> APIError:

@@ -13,6 +13,7 @@ from server.config import Settings
 from server.errors import APIError, bad_request, not_found
 
 if TYPE_CHECKING:
+    from server.projects import Directory
     from server.runs.manager import RunManager
 
 
@@ -24,6 +25,7 @@ class Services:
     runs: RunManager | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     draining: bool = False  # a graceful shutdown began: no new runs (server/shutdown.py)
+    directory: Directory | None = None  # projects and keys (server/projects.py)
 
     def require_served_model(self, model: str) -> None:
         """400 `model_not_found` when no configured provider serves `model`: an assistant is
@@ -31,6 +33,12 @@ class Services:
         assert self.runs is not None
         if self.runs.providers.resolve(model) is None:
             raise bad_request(self.runs.providers.missing_provider_message(model), "model", "model_not_found")
+        if not self.project_allows_model(model):
+            raise bad_request(f"The model '{model}' is not allowed in this project.", "model", "model_not_found")
+
+    def project_allows_model(self, model: str) -> bool:
+        """The current project's model permissions (set through the admin API) allow `model`."""
+        return self.directory is None or self.directory.current().allows_model(model)
 
     def refuse_new_runs_when_draining(self) -> None:
         if self.draining:

@@ -76,6 +76,8 @@ async def upload_file(request: Request) -> JSONResponse:
         if not isinstance(seconds, str) or not seconds.isdigit() or not 3600 <= int(seconds) <= 2_592_000:
             raise bad_request("expires_after[seconds] must be between 3600 and 2592000.", "expires_after")
         expires_at = int(time.time()) + int(seconds)
+    quota = svc.directory.current().max_file_storage_bytes if svc.directory is not None else None
+    room = None if quota is None else quota - await svc.views.total("file", "$.bytes")
     file_id = new_id("file-")
     svc.settings.files_dir.mkdir(parents=True, exist_ok=True)
     final = file_path(svc, file_id)
@@ -84,10 +86,17 @@ async def upload_file(request: Request) -> JSONResponse:
     with open(tmp, "wb") as out:
         while chunk := await upload.read(1 << 20):
             size += len(chunk)
-            if size > limit:
+            if size > limit or (room is not None and size > room):
                 out.close()
                 tmp.unlink(missing_ok=True)
-                raise too_large
+                if size > limit:
+                    raise too_large
+                raise bad_request(
+                    f"This upload would take the project's files past its storage limit of {quota} bytes "
+                    f"({max(0, room or 0)} bytes left); delete files or ask an admin to raise the limit.",
+                    "file",
+                    "storage_limit_exceeded",
+                )
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())

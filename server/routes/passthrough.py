@@ -99,14 +99,16 @@ def _registry(request: Request) -> ProviderRegistry:
 
 
 async def list_models(request: Request) -> JSONResponse:
-    data = await _cache(request).models(_registry(request))
+    svc = services(request)
+    data = [m for m in await _cache(request).models(_registry(request)) if svc.project_allows_model(m["id"])]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def retrieve_model(request: Request) -> JSONResponse:
+    svc = services(request)
     model_id = request.path_params["model"]
     for model in await _cache(request).models(_registry(request)):
-        if model["id"] == model_id:
+        if model["id"] == model_id and svc.project_allows_model(model_id):
             return JSONResponse(model)
     raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
 
@@ -134,6 +136,11 @@ async def _forward(request: Request, path: str) -> Response:
     provider = registry.resolve(model)
     if provider is None:
         raise APIError(404, registry.missing_provider_message(model), param="model", code="model_not_found")
+    svc = services(request)
+    if not svc.project_allows_model(model):
+        raise APIError(
+            404, f"The model '{model}' is not allowed in this project.", param="model", code="model_not_found"
+        )
     try:
         upstream = await session_for(provider).post(
             provider.url(path),
@@ -157,7 +164,18 @@ async def _forward(request: Request, path: str) -> Response:
         return StreamingResponse(_relay(upstream), status_code=upstream.status, headers=headers)
     async with upstream:
         raw = await upstream.read()
+    if svc.directory is not None:
+        svc.directory.charge_tokens(_total_tokens(raw))
     return Response(raw, status_code=upstream.status, headers=headers)
+
+
+def _total_tokens(raw: bytes) -> int:
+    """The usage a provider reported in a whole (not streamed) response, for the token limit."""
+    try:
+        usage = json.loads(raw).get("usage") or {}
+        return int(usage.get("total_tokens") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 async def _relay(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events.records import RUN_END_TYPES, NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore
@@ -23,6 +23,9 @@ from server.providers import ProviderRegistry
 from server.runs import objects
 from server.runs.engine import BuiltinTools, RunEngine
 from server.runs.objects import now, run_event
+
+if TYPE_CHECKING:
+    from server.projects import Directory
 
 __all__ = ["CannotCancel", "RunManager"]
 
@@ -119,6 +122,10 @@ class _RunLog:
             raise self.error
 
 
+def _total_tokens(run: dict[str, Any]) -> int:
+    return int((run.get("usage") or {}).get("total_tokens") or 0)
+
+
 def _log_run_end(run: dict[str, Any], seconds: float, content: str | None = None) -> None:
     """One line per run that stops executing: ended, or paused for tool outputs.
 
@@ -181,6 +188,7 @@ class RunManager:
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
         self._finishing: set[str] = set()  # runs whose engine yielded its last event
         self._shutting_down = False
+        self.directory: Directory | None = None  # charged the tokens runs use (projects' limits)
 
     # -- starting and driving --------------------------------------------------------------
 
@@ -260,6 +268,7 @@ class RunManager:
     async def _drive_run(self, engine: RunEngine, log: _RunLog) -> None:
         run = engine.run
         started = time.monotonic()
+        tokens_before = _total_tokens(run)
         try:
             async for event in engine.events():
                 if event.type in _LAST_EVENTS:
@@ -288,6 +297,8 @@ class RunManager:
                 _log_run_end(engine.run, seconds, content)
                 metrics.RUNS.labels(engine.run["status"], engine.run["model"]).inc()
                 metrics.RUN_SECONDS.labels(engine.run["model"]).observe(seconds)
+                if self.directory is not None:
+                    self.directory.charge_tokens(_total_tokens(engine.run) - tokens_before)
             self._forget(run["id"], engine)
 
     async def _closed(self, engine: RunEngine, log: _RunLog) -> None:
