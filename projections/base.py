@@ -8,6 +8,7 @@ the same views: that is what `threadlog replay --verify` checks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -112,7 +113,14 @@ CREATE TABLE IF NOT EXISTS projection_position (
     name     TEXT PRIMARY KEY,
     position INTEGER NOT NULL    -- sequence of the last event folded into the views
 );
+CREATE TABLE IF NOT EXISTS projection_shape (
+    name        TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL    -- which views fold which events (ViewProjector.fingerprint)
+);
 """
+
+VIEWS_REVISION = 1
+"""Bumped when a fold changes what it makes of the same events: the views are then refolded at open."""
 
 
 @dataclass(frozen=True)
@@ -189,9 +197,39 @@ class ViewProjector:
 
     schema = VIEWS_SCHEMA
 
+    @property
+    def fingerprint(self) -> str:
+        """Which views fold which event types: another set (a projection added, a fold
+        moved) means the stored views were folded differently, and are refolded."""
+        shape = sorted((p.kind, sorted(p.folds), sorted(p.streamed)) for p in self._by_kind.values())
+        return hashlib.sha256(json.dumps([VIEWS_REVISION, shape]).encode()).hexdigest()[:16]
+
     async def prepare(self, conn: aiosqlite.Connection) -> None:
-        """Create the tables, or bring those of an earlier release up to date."""
+        """Create the tables, or bring those of an earlier release up to date.
+
+        Views folded by another set of projections (a new one in this release, say) are
+        dropped and their position reset: the store's catch-up at open folds the whole log
+        again, so the new views cover the events written before them too.
+        """
         await prepare_views(conn)
+        rows = list(
+            await conn.execute_fetchall("SELECT fingerprint FROM projection_shape WHERE name = ?", (POSITION_NAME,))
+        )
+        if rows and rows[0][0] == self.fingerprint:
+            return
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute("DELETE FROM views")
+            await write_position(conn, 0)
+            await conn.execute(
+                "INSERT INTO projection_shape (name, fingerprint) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint",
+                (POSITION_NAME, self.fingerprint),
+            )
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
 
     def handles(self, event_type: str) -> bool:
         return event_type in self._handlers or event_type in self._streamed
