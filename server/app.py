@@ -36,6 +36,7 @@ from server.routes import (
     organization,
     passthrough,
     playground,
+    project_info,
     runs,
     threads,
     vector_stores,
@@ -96,7 +97,8 @@ def _routes() -> list[BaseRoute]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
     ]
-    for module in (assistants, runs, threads, messages, files, vector_stores, passthrough, organization, playground):
+    modules = (assistants, runs, threads, messages, files, vector_stores, passthrough, organization, project_info)
+    for module in (*modules, playground):
         routes.extend(module.routes)
     return routes
 

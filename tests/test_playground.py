@@ -414,7 +414,7 @@ def test_code_interpreter_image_shown_inline(page: Page, sdk: OpenAI) -> None:
 
 
 def test_api_key_prompt_on_401(browser: Any, upstream: RunningUpstream, tmp_path: Path) -> None:
-    keyed = start_server(tmp_path / "data", upstream, THREADLOG_API_KEYS="secret-key")
+    keyed = start_server(tmp_path / "data", upstream, THREADLOG_API_KEYS="secret-key", THREADLOG_ADMIN_KEYS="admin")
     try:
         assert httpx.get(keyed.root_url + "/", timeout=10).status_code == 200  # the page itself needs no key
         opened = Page(browser, keyed.root_url + "/", "api_key")
@@ -435,6 +435,7 @@ def test_api_key_prompt_on_401(browser: Any, upstream: RunningUpstream, tmp_path
                 "() => document.querySelector('#conn-status').textContent.startsWith('connected')"
             )
             assert not dialog.is_visible()
+            assert opened.page.inner_text("#conn-status").endswith("default project")
             assert opened.js("localStorage.getItem('threadlog.apiKey')") == "secret-key"
             # With the key stored, a run streams through fetch with the Authorization header.
             sdk = OpenAI(base_url=keyed.base_url, api_key="secret-key", max_retries=0)
@@ -453,6 +454,26 @@ def test_api_key_prompt_on_401(browser: Any, upstream: RunningUpstream, tmp_path
             opened.shot("keyed")
         finally:
             opened.close()
+        # A project key: the page names its project, and shows only that project's assistants.
+        admin = OpenAI(base_url=keyed.base_url, api_key="x", admin_api_key="admin", max_retries=0)
+        project = admin.admin.organization.projects.create(name="Team Alpha")
+        account = admin.admin.organization.projects.service_accounts.create(project.id, name="web")
+        assert account.api_key is not None
+        alpha = OpenAI(base_url=keyed.base_url, api_key=account.api_key.value, max_retries=0)
+        own = alpha.beta.assistants.create(model=MODEL, name="alpha-helper")
+        scoped = Page(browser, keyed.root_url + "/", "api_key_project")
+        try:
+            scoped.page.locator("#key-dialog").wait_for(state="visible")
+            scoped.page.fill("#key-input", account.api_key.value)
+            scoped.page.click("#key-save")
+            scoped.page.wait_for_function(
+                "() => document.querySelector('#conn-status').textContent.includes('project Team Alpha')"
+            )
+            options = scoped.js("[...document.querySelectorAll('#assistant-select option')].map(o => o.value)")
+            assert own.id in options and helper.id not in options
+            scoped.shot("project-key")
+        finally:
+            scoped.close()
     finally:
         keyed.stop()
 

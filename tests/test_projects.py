@@ -144,6 +144,7 @@ _NO_PROJECT_OBJECTS = {
     ("GET", "/v1/models/{model:path}"),
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/embeddings"),
+    ("GET", "/v1/threadlog/project"),
 }
 
 

@@ -751,7 +751,10 @@ async function boot() {
   fillThreadSelect();
   try {
     await loadAssistants();
-    $("#conn-status").textContent = auth.key ? "connected (key set)" : "connected";
+    const project = await api("GET", "/v1/threadlog/project");
+    const where = project.default ? "default project" : `project ${project.name || project.id}`;
+    $("#conn-status").textContent = `${auth.key ? "connected (key set)" : "connected"} · ${where}`;
+    $("#conn-status").title = project.id;
   } catch (error) {
     $("#conn-status").textContent = error instanceof APIError && error.status === 401 ? "API key needed" : "offline";
     if (!(error instanceof APIError && error.status === 401)) showError(error);
