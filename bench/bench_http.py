@@ -210,6 +210,8 @@ def main() -> None:
             server.stop()
         metrics_line = metrics_on_off(Path(tmp), calls, warmup, args.repeat)
         print(metrics_line)
+        projects_line = projects_on_off(Path(tmp), calls, warmup, args.repeat)
+        print(projects_line)
     print("\n== summary: HTTP messages.create round trip (POST /v1/threads/{id}/messages)")
     print(f"   {machine()}")
     print(f"   {calibration()}")
@@ -223,24 +225,70 @@ def main() -> None:
         print("   " + line.replace("\n", "\n   "))
     print(f"   {metrics_cost()}")
     print(f"   {metrics_line}")
+    print(f"   {project_check_cost()}")
+    print(f"   {projects_line}")
 
 
 def metrics_on_off(tmp: Path, calls: int, warmup: int, repeat: int) -> str:
     """messages.create with metrics on and off (THREADLOG_METRICS=off), passes alternating."""
-    global SERVER_PID
-    results: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     servers = {
         "on": ServerProcess(data_dir=tmp / "metrics-on").start(),
         "off": ServerProcess(data_dir=tmp / "metrics-off", env={"THREADLOG_METRICS": "off"}).start(),
     }
+    p50, cpu = _alternating(servers, {}, calls, warmup, repeat)
+    overhead = (p50["on"] / p50["off"] - 1) * 100
+    verdict = "met" if overhead < 5 else "MISSED"
+    return (
+        f"metrics on vs off (messages.create, {calls} calls x {max(repeat, 3)} alternating passes, medians): "
+        f"p50 {p50['on']:.3f} vs {p50['off']:.3f} ms ({overhead:+.1f}%), server CPU per call "
+        f"{cpu['on']:.3f} vs {cpu['off']:.3f} ms   goal < 5%: {verdict}"
+    )
+
+
+def projects_on_off(tmp: Path, calls: int, warmup: int, repeat: int) -> str:
+    """messages.create with a project key (hash lookup, project set, rate limit taken, key watched
+    for deletion) vs a THREADLOG_API_KEYS key on a server without projects, passes alternating."""
+    single = ServerProcess(data_dir=tmp / "single-key", env={"THREADLOG_API_KEYS": "bench"}).start()
+    projects = ServerProcess(
+        data_dir=tmp / "projects", env={"THREADLOG_API_KEYS": "bench", "THREADLOG_ADMIN_KEYS": "admin"}
+    ).start()
+    admin = httpx.Client(base_url=projects.base_url, timeout=30, headers={"Authorization": "Bearer admin"})
+    project = admin.post("/organization/projects", json={"name": "bench"}).json()["id"]
+    account = admin.post(f"/organization/projects/{project}/service_accounts", json={"name": "bench"}).json()
+    limit = {"max_requests_per_1_minute": 1_000_000_000, "max_tokens_per_1_minute": 1_000_000_000}
+    admin.post(f"/organization/projects/{project}/rate_limits/rl-all-models", json=limit).raise_for_status()
+    admin.close()
+    keys = {"single key": "bench", "projects": account["api_key"]["value"]}
+    p50, cpu = _alternating({"single key": single, "projects": projects}, keys, calls, warmup, repeat)
+    added = p50["projects"] - p50["single key"]
+    verdict = "met" if added < 0.1 else "MISSED"
+    return (
+        f"projects on vs single key (messages.create, {calls} calls x {max(repeat, 3)} alternating passes, medians; "
+        f"project key with a rate limit vs a THREADLOG_API_KEYS key): p50 {p50['projects']:.3f} vs "
+        f"{p50['single key']:.3f} ms ({added * 1000:+.0f} us), server CPU per call {cpu['projects']:.3f} vs "
+        f"{cpu['single key']:.3f} ms   goal < 0.1 ms: {verdict}"
+    )
+
+
+def _alternating(
+    servers: dict[str, ServerProcess], keys: dict[str, str], calls: int, warmup: int, repeat: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """p50 latency and server CPU per call of messages.create on each server, in alternating passes."""
+    global SERVER_PID
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
     try:
-        clients = {name: httpx.Client(base_url=s.base_url, timeout=30) for name, s in servers.items()}
+        clients = {
+            name: httpx.Client(
+                base_url=s.base_url, timeout=30, headers={"Authorization": f"Bearer {keys.get(name, 'k')}"}
+            )
+            for name, s in servers.items()
+        }
         calls_of: dict[str, Callable[[int], None]] = {}
         for name, http in clients.items():
-            url = f"/threads/{http.post('/threads', json={}).json()['id']}/messages"
+            url = f"/threads/{http.post('/threads', json={}).raise_for_status().json()['id']}/messages"
 
             def call(_: int, http: httpx.Client = http, url: str = url) -> None:
-                http.post(url, json={"role": "user", "content": "metrics on or off?"}).raise_for_status()
+                http.post(url, json={"role": "user", "content": "which way is faster?"}).raise_for_status()
 
             calls_of[name] = call
             process = servers[name].process
@@ -248,7 +296,7 @@ def metrics_on_off(tmp: Path, calls: int, warmup: int, repeat: int) -> str:
             SERVER_PID = process.pid
             timed(call, warmup)
         for _ in range(max(repeat, 3)):
-            for name in ("on", "off"):
+            for name in servers:
                 process = servers[name].process
                 assert process is not None
                 SERVER_PID = process.pid
@@ -261,13 +309,25 @@ def metrics_on_off(tmp: Path, calls: int, warmup: int, repeat: int) -> str:
             server.stop()
     p50 = {name: statistics.median(r[0] for r in runs) for name, runs in results.items()}
     cpu = {name: statistics.median(r[1] for r in runs) for name, runs in results.items()}
-    overhead = (p50["on"] / p50["off"] - 1) * 100
-    verdict = "met" if overhead < 5 else "MISSED"
-    return (
-        f"metrics on vs off (messages.create, {calls} calls x {max(repeat, 3)} alternating passes, medians): "
-        f"p50 {p50['on']:.3f} vs {p50['off']:.3f} ms ({overhead:+.1f}%), server CPU per call "
-        f"{cpu['on']:.3f} vs {cpu['off']:.3f} ms   goal < 5%: {verdict}"
-    )
+    return p50, cpu
+
+
+def project_check_cost(n: int = 200_000) -> str:
+    """What the project check does per request, in process: identify the key, take the rate limit."""
+    from server.projects import Directory, hash_key
+    from server.rate_limits import Limits
+
+    directory = Directory(frozenset({"legacy"}), frozenset())
+    key = "sk-svcacct-" + "x" * 48
+    directory.key_added(hash_key(key), "key_1", "proj_1")
+    headers = {b"authorization": b"Bearer " + key.encode()}
+    limits = Limits(1_000_000_000, 1_000_000_000)
+    started = time.perf_counter()
+    for _ in range(n):
+        project, _key = directory.identify(headers)  # type: ignore[misc]
+        directory.limiter.admit(project, limits, calls_model=False)
+    per_request = (time.perf_counter() - started) / n * 1e6
+    return f"project check per request (key hash + lookup + rate limit, in process): {per_request:.2f} us"
 
 
 def metrics_cost(n: int = 200_000) -> str:

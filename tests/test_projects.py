@@ -445,3 +445,35 @@ def test_deleting_a_key_ends_its_open_stream(server: ServerProcess, admin: OpenA
     )
     assert run.status == "completed"
     assert account.id  # the first key's account is still there: only its key went
+
+
+# -- usage -------------------------------------------------------------------------------------
+
+
+def test_usage_per_project_and_model_from_the_log(server: ServerProcess, admin: OpenAI) -> None:
+    project, key, _ = _project_key(admin, "metered")
+    client = _client(server, key)
+    assistant = client.beta.assistants.create(model=MODEL)
+    runs = []
+    for text in ("say: one two three", "long: 25"):
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": text}])
+        runs.append(client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id))
+    assert all(r.status == "completed" and r.usage is not None for r in runs)
+    since = min(r.created_at for r in runs) - 86_400
+    usage = admin.admin.organization.usage.completions(start_time=since, group_by=["project_id", "model"], limit=3)
+    results = [r for bucket in usage.data for r in bucket.results if r.project_id == project]
+    assert len(results) == 1
+    result = results[0]
+    assert result.model == MODEL
+    assert result.input_tokens == sum(r.usage.prompt_tokens for r in runs if r.usage)
+    assert result.output_tokens == sum(r.usage.completion_tokens for r in runs if r.usage)
+    assert result.num_model_requests == 2 and (result.model_extra or {}).get("num_runs") == 2
+    only = admin.admin.organization.usage.completions(start_time=since, project_ids=[project], limit=3)
+    totals = [r for bucket in only.data for r in bucket.results]
+    assert [(t.input_tokens, t.project_id) for t in totals] == [(result.input_tokens, None)]
+    legacy = _client(server, LEGACY_KEY)
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=server.base_url, api_key="x", admin_api_key=LEGACY_KEY).admin.organization.usage.completions(
+            start_time=since
+        )
+    assert legacy.beta.assistants.list().object == "list"
