@@ -415,13 +415,6 @@ class EventStore:
         row = rows[0] if rows else None
         return int(row[0]) if row else 0
 
-    async def stream_project(self, stream_id: str) -> str | None:
-        """The project a stream belongs to (None: no such stream)."""
-        project = self._projects.get(stream_id)
-        if project is not None:
-            return project
-        return await self._read_stream_project(self.reader, stream_id)
-
     async def _read_stream_project(self, conn: aiosqlite.Connection, stream_id: str) -> str | None:
         rows = list(
             await conn.execute_fetchall(

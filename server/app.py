@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from events.compaction import compact_periodically
-from events.store import EventStore
+from events.store import EventStore, ForeignStream
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
 from server import __version__, metrics, tracing
@@ -84,6 +84,13 @@ def startup_line(svc: Services, providers: ProviderRegistry) -> str:
         f"code_interpreter: {'sandboxed' if sandbox is None else 'unavailable (' + str(sandbox) + ')'}; "
         f"auth: {auth}; traces: {'OTLP' if tracing.ENABLED else 'off'}"
     )
+
+
+async def _foreign_stream(request: Request, exc: Exception) -> Response:
+    """An append across projects, which the views should have stopped: answered as a missing object."""
+    assert isinstance(exc, ForeignStream)
+    logger.error("refused an append across projects: %s", exc)
+    return error_response(APIError(404, f"No object found with id '{exc.stream_id}'."))
 
 
 async def _unknown_cursor(request: Request, exc: Exception) -> Response:
@@ -156,7 +163,7 @@ def create_app(settings: Settings) -> Starlette:
             logger.info(startup_line(svc, providers), extra={"event": "startup"})
             yield
 
-    handlers: dict[Any, Any] = {**exception_handlers, UnknownCursor: _unknown_cursor}
+    handlers: dict[Any, Any] = {**exception_handlers, UnknownCursor: _unknown_cursor, ForeignStream: _foreign_stream}
     routes = _routes()
     templates = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
     return Starlette(

@@ -241,6 +241,7 @@ class ProjectAccess:
             await _send_error(send, refused)
             return
         token = PROJECT.set(project_id)
+        scope.setdefault("state", {})["project_id"] = project_id  # for the access log line
         try:
             if key_id is None:
                 await self.app(scope, receive, _with_headers(send, extra) if extra else send)

@@ -89,7 +89,13 @@ class RequestContext:
                     scope["path"],
                     status,
                     elapsed,
-                    extra={"method": scope["method"], "path": scope["path"], "status": status, "ms": round(elapsed, 1)},
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "ms": round(elapsed, 1),
+                        "project_id": scope.get("state", {}).get("project_id"),
+                    },
                 )
             REQUEST_ID.reset(token)
 

@@ -295,8 +295,13 @@ def test_admin_api_through_the_sdk(server: ServerProcess, admin: OpenAI) -> None
     assert org.projects.api_keys.delete(key_id, project_id=project.id).deleted is True
     with pytest.raises(AuthenticationError):
         _client(server, key_value).beta.threads.create()
+    survivor = org.projects.service_accounts.create(project.id, name="still-there")
+    assert survivor.api_key is not None
+    assert _client(server, survivor.api_key.value).beta.assistants.list().object == "list"
     archived = org.projects.archive(project.id)
     assert archived.status == "archived" and archived.archived_at is not None
+    with pytest.raises(AuthenticationError):  # an archived project's keys stop working
+        _client(server, survivor.api_key.value).beta.assistants.list()
     assert project.id not in [p.id for p in org.projects.list(limit=100)]
     assert project.id in [p.id for p in org.projects.list(limit=100, include_archived=True)]
     db = server.data_dir / "threadlog.sqlite"
@@ -313,6 +318,8 @@ def test_admin_api_through_the_sdk(server: ServerProcess, admin: OpenAI) -> None
         "organization.project.updated",
         "organization.project.updated",
         "organization.project.api_key.deleted",
+        "organization.project.service_account.created",
+        "organization.project.api_key.created",
         "organization.project.archived",
     ]
     assert {r[1] for r in rows} == {"admin_key:" + __import__("hashlib").sha256(ADMIN_KEY.encode()).hexdigest()[:16]}
