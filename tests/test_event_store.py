@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from events.records import REQUEST_ID, NewEvent, StoredEvent
-from events.store import ConcurrencyError, EventStore, _execute_rows
+from events.records import PROJECT, REQUEST_ID, NewEvent, StoredEvent
+from events.store import ConcurrencyError, EventStore, ForeignStream, _execute_rows
 from projections import build_projector
 
 
@@ -475,3 +475,47 @@ async def test_a_log_from_before_request_ids_opens_and_records_them_from_then_on
         ]
     finally:
         await store.close()
+
+
+async def test_streams_belong_to_the_project_that_made_them(db_path: Path) -> None:
+    """A new stream takes the appending request's project; later appends, with no project (the
+    server's own) or the same, stay in it; another project's append is refused and writes nothing;
+    the project survives a reopen (read back from the log, not from memory)."""
+    store = EventStore(db_path, projector=build_projector())
+    await store.open()
+    try:
+        token = PROJECT.set("proj_a")
+        try:
+            await store.append("asst_1", [NewEvent("assistant.created", {"id": "asst_1", "name": "a"})])
+        finally:
+            PROJECT.reset(token)
+        await store.append("asst_1", [NewEvent("assistant.updated", {"id": "asst_1", "name": "b"})])
+        token = PROJECT.set("proj_b")
+        try:
+            with pytest.raises(ForeignStream):
+                await store.append("asst_1", [NewEvent("assistant.updated", {"id": "asst_1", "name": "c"})])
+        finally:
+            PROJECT.reset(token)
+        head = store.head
+    finally:
+        await store.close()
+    reopened = EventStore(db_path, projector=build_projector())
+    await reopened.open()
+    try:
+        assert reopened.head == head == 2
+        token = PROJECT.set("proj_b")
+        try:
+            with pytest.raises(ForeignStream):
+                await reopened.append("asst_1", [NewEvent("assistant.updated", {"id": "asst_1", "name": "c"})])
+        finally:
+            PROJECT.reset(token)
+        events = await reopened.read(stream_id="asst_1")
+        assert [(e.type, e.project_id) for e in events] == [
+            ("assistant.created", "proj_a"),
+            ("assistant.updated", "proj_a"),
+        ]
+    finally:
+        await reopened.close()
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT id, project_id, json_extract(doc, '$.name') FROM views WHERE kind = 'assistant'")
+        assert rows.fetchall() == [("asst_1", "proj_a", "b")]
