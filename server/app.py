@@ -31,6 +31,7 @@ from server.providers import ProviderRegistry
 from server.request_context import RequestContext
 from server.routes import (
     assistants,
+    debugging,
     files,
     messages,
     organization,
@@ -104,7 +105,8 @@ def _routes() -> list[BaseRoute]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics.metrics_endpoint, methods=["GET"]),
     ]
-    modules = (assistants, runs, threads, messages, files, vector_stores, passthrough, organization, project_info)
+    modules = [assistants, runs, debugging, threads, messages, files, vector_stores, passthrough, organization]
+    modules.append(project_info)
     for module in (*modules, playground):
         routes.extend(module.routes)
     return routes

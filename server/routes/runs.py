@@ -21,6 +21,7 @@ from server.models.threads import CreateThread
 from server.routes.threads import create_thread_events
 from server.runs.manager import CannotCancel, RunManager
 from server.runs.objects import now
+from server.runs.recorded import resumed_recording
 from server.services import Services, services, shutting_down
 from server.sse import OPENAI_STREAM_EVENTS, run_stream_response
 from server.threads import active_run, append_decided, check_attachments, message_object, require_thread
@@ -260,7 +261,8 @@ async def submit_tool_outputs(request: Request) -> Response:
         ]
 
     stored = await append_decided(svc, thread_id, decide)
-    _manager(svc).start(copy.deepcopy(resumed))
+    recording = await resumed_recording(svc.store, svc.views, resumed)
+    _manager(svc).start(copy.deepcopy(resumed), model_calls=recording)
     if not body.stream:
         return JSONResponse(resumed)
     return run_stream_response(svc.store, run_id, after=stored[-1].sequence, prefix=stored)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from events.records import NewEvent
 from projections.views import ViewReader
 from server import metrics, tracing
+from server.completion_chunks import Chunk
 from server.completions import UpstreamError, stream_chat_completion
 from server.ids import new_id
 from server.providers import Provider
@@ -43,6 +44,10 @@ __all__ = ["CITATION_PATTERN", "BuiltinTools", "RunEngine", "ToolResult"]
 
 CITATION_PATTERN = re.compile(r"【(\d+):(\d+)†([^】]+)】")
 _BUILTIN_ARGUMENT = {"code_interpreter": "code", "file_search": "query"}  # the one string each requires
+
+
+ModelCalls = Callable[[Provider, dict[str, Any]], AsyncIterator[Chunk]]
+"""One model turn: the provider and the Chat Completions request in, the chunks out."""
 
 
 @dataclass
@@ -99,9 +104,12 @@ class RunEngine:
         views: ViewReader,
         builtins: BuiltinTools | None = None,
         context_window: int | None = None,
+        model_calls: ModelCalls | None = None,
     ) -> None:
         self.run = run
         self.provider = provider
+        # Where model turns come from: the provider (live), or a recorded run's log (re-run).
+        self.model_calls: ModelCalls = model_calls or stream_chat_completion
         self.views = views
         self.builtins = builtins or _NoBuiltins()
         self.context_window = context_window or provider.context_window
@@ -119,6 +127,7 @@ class RunEngine:
         self._images: list[str] = []
         self._text: list[str] = []  # the open message's text since its last snapshot, in pieces
         self._step_calls: list[_Call] = []  # the open tool step's calls, in step order
+        self._turn_message_id: str | None = None  # the message the current model turn writes
         self._builtin_names = {t["type"] for t in run["tools"] if t["type"] in ("file_search", "code_interpreter")}
         # Messages the run's creating append adds (a new thread's, `additional_messages`):
         # the run may build its prompt before that append commits and the views hold them.
@@ -154,6 +163,7 @@ class RunEngine:
                     yield event
                 return
             request = self._request(parts, limit)
+            self._turn_message_id = None
             calls: list[_Call] = []
             finish_reason: str | None = None
             turn_usage: dict[str, int] | None = None
@@ -161,9 +171,9 @@ class RunEngine:
             first_token = False
             try:
                 chunks = (
-                    stream_chat_completion(self.provider, request)
+                    self.model_calls(self.provider, request)
                     if not tracing.ENABLED
-                    else tracing.traced_completion(stream_chat_completion, self.provider, request)
+                    else tracing.traced_completion(self.model_calls, self.provider, request)
                 )
                 async for chunk in chunks:
                     if chunk.usage is not None:
@@ -194,6 +204,7 @@ class RunEngine:
                 return
             for event in self._announce_pending(calls):
                 yield event
+            yield self._turn_record(turns, calls, turn_usage, finish_reason)
             self._add_usage(turn_usage)
             if turn_usage:
                 model, provider = self.run["model"], self.provider.name
@@ -227,6 +238,22 @@ class RunEngine:
                 return
             yield self._complete_tool_step(turn_usage)
 
+    def _turn_record(
+        self, turn: int, calls: list[_Call], usage: dict[str, int] | None, finish_reason: str | None
+    ) -> NewEvent:
+        """What the model answered in one turn, for a re-run that plays the run back without it
+        (server/runs/recorded.py): the message it wrote (its text is in that message), the calls
+        it made, its usage. Threadlog's own event; no SSE client is sent it."""
+        data = {
+            "run_id": self.run["id"],
+            "turn": turn,
+            "message_id": self._turn_message_id,
+            "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in calls if c.name],
+            "usage": usage,
+            "finish_reason": finish_reason,
+        }
+        return NewEvent("threadlog.model.turn", data, run_id=self.run["id"])
+
     # -- streaming pieces ------------------------------------------------------------------
 
     def _on_text(self, text: str) -> list[NewEvent]:
@@ -239,6 +266,7 @@ class RunEngine:
                 {"type": "message_creation", "message_creation": {"message_id": message["id"]}},
             )
             self._message, self._message_step = message, step
+            self._turn_message_id = message["id"]
             events += [objects.step_event(step, "created"), objects.step_event(step, "in_progress")]
             events += [objects.message_event(message, "created"), objects.message_event(message, "in_progress")]
             for file_id in self._images:  # code_interpreter's images lead the answer, as with OpenAI

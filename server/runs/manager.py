@@ -19,9 +19,9 @@ from events.records import RUN_END_TYPES, NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore
 from projections.views import ViewReader
 from server import metrics, tracing
-from server.providers import ProviderRegistry
+from server.providers import Provider, ProviderRegistry
 from server.runs import objects
-from server.runs.engine import BuiltinTools, RunEngine
+from server.runs.engine import BuiltinTools, ModelCalls, RunEngine
 from server.runs.objects import now, run_event
 
 if TYPE_CHECKING:
@@ -198,6 +198,7 @@ class RunManager:
         *,
         opening: asyncio.Future[list[StoredEvent]] | None = None,
         messages: list[dict[str, Any]] | None = None,
+        model_calls: ModelCalls | None = None,
     ) -> None:
         """Execute a queued run in the background.
 
@@ -208,9 +209,11 @@ class RunManager:
         are the thread messages that append adds, for the prompt.
         """
         provider = self.providers.resolve(run["model"])
+        if provider is None and model_calls is not None:  # a recorded re-run calls no provider
+            provider = Provider(name="recorded", base_url="", api_key=None)
         assert provider is not None, "checked when the run was created"
         run_id = run["id"]
-        engine = RunEngine(run, provider=provider, views=self.views, builtins=self.builtins)
+        engine = RunEngine(run, provider=provider, views=self.views, builtins=self.builtins, model_calls=model_calls)
         engine.unlogged_messages = list(messages or [])
         log = _RunLog(self.store, run["thread_id"], opening)
         engine.barrier = log.drain
