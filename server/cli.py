@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import json
 import os
 import sqlite3
 import sys
@@ -105,6 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     compact.add_argument("--data-dir", type=Path, default=None, help="default: THREADLOG_DATA_DIR or ./threadlog-data")
 
+    for name, what in (("export", "write a thread as JSON lines (a bug report) to stdout"),
+                       ("import", "reproduce an exported thread on a server, under new ids")):  # fmt: skip
+        sub = commands.add_parser(name, help=what, epilog=_SERVER_ENVIRONMENT)
+        if name == "export":
+            sub.add_argument("thread_id", metavar="THREAD_ID")
+            sub.add_argument(
+                "--no-files", action="store_true", help="name the files it references, without their bytes"
+            )
+        else:
+            sub.add_argument("path", metavar="FILE", type=Path, help="a file written by threadlog export ('-': stdin)")
+        sub.add_argument("--base-url", default=None, help="default: OPENAI_BASE_URL or http://127.0.0.1:8000/v1")
+        sub.add_argument("--api-key", default=None, help="default: OPENAI_API_KEY")
+
     fake = commands.add_parser("fake-upstream", help="a deterministic Chat Completions server for demos and tests")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9000)
@@ -122,9 +136,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _backup(args)
     if args.command == "restore":
         return _restore(args)
+    if args.command in ("export", "import"):
+        return _carry(args)
     from server import fake_upstream
 
     return fake_upstream.main(["--host", args.host, "--port", str(args.port)]) or 0
+
+
+_SERVER_ENVIRONMENT = "environment: OPENAI_BASE_URL, OPENAI_API_KEY (the server to talk to, as the SDK reads them)"
+
+
+def _carry(args: argparse.Namespace) -> int:
+    """export / import over the server's HTTP API (the server owns every write to its log)."""
+    import httpx
+
+    base = (args.base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1").rstrip("/")
+    headers = {"Authorization": f"Bearer {args.api_key or os.environ.get('OPENAI_API_KEY', 'unused')}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=300) as http:
+            if args.command == "export":
+                params = {"files": "false"} if args.no_files else {}
+                response = http.get(f"/threads/{args.thread_id}/export", params=params)
+            else:
+                body = sys.stdin.buffer.read() if str(args.path) == "-" else args.path.read_bytes()
+                response = http.post("/threads/import", content=body, headers={"Content-Type": "application/x-ndjson"})
+    except (httpx.HTTPError, OSError) as exc:
+        print(f"threadlog {args.command}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:500]
+        print(f"threadlog {args.command}: {response.status_code}: {message}", file=sys.stderr)
+        return 1
+    if args.command == "export":
+        sys.stdout.write(response.text)
+    else:
+        thread = response.json()
+        print(json.dumps({"thread_id": thread["id"], "ids": thread["threadlog_import"]["ids"]}))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

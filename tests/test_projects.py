@@ -145,6 +145,7 @@ _NO_PROJECT_OBJECTS = {
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/embeddings"),
     ("GET", "/v1/threadlog/project"),
+    ("POST", "/v1/threads/import"),  # carries its own objects; ids it names of others stay unresolved
 }
 
 

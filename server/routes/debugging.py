@@ -5,6 +5,8 @@
   there with the original's settings and the overrides; `model_source: "recorded"` plays the
   model's turns back from the original's log instead of calling it.
 - `GET /v1/threads/{thread_id}/runs/{run_id}/diff?other_thread=…&other_run=…`.
+- `GET /v1/threads/{thread_id}/export` (JSON lines; `?files=false` leaves file bytes out) and
+  `POST /v1/threads/import` (that text as the body): a thread carried to another server.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from starlette.routing import Route
 
 from events.records import NewEvent
 from server.errors import bad_request, not_found
+from server.exports import export_thread, import_thread
 from server.forks import cutoff_for, fork_thread
 from server.http import parse_body
 from server.ids import new_id
@@ -153,7 +156,27 @@ async def diff(request: Request) -> JSONResponse:
     return JSONResponse(await diff_runs(svc, (thread_id, run_id), (other_thread, other_run)))
 
 
+async def export(request: Request) -> Response:
+    svc = services(request)
+    files = request.query_params.get("files", "true").lower() != "false"
+    text = await export_thread(svc, request.path_params["thread_id"], include_files=files)
+    return Response(text, media_type="application/x-ndjson")
+
+
+async def import_(request: Request) -> JSONResponse:
+    svc = services(request)
+    try:
+        text = (await request.body()).decode()
+    except UnicodeDecodeError as exc:
+        raise bad_request("The export must be UTF-8 JSON lines.") from exc
+    imported = await import_thread(svc, text)
+    thread = await require_thread(svc, imported["thread_id"])
+    return JSONResponse({**thread, "threadlog_import": {"ids": imported["ids"]}})
+
+
 routes = [
+    Route("/v1/threads/import", import_, methods=["POST"]),
+    Route("/v1/threads/{thread_id}/export", export, methods=["GET"]),
     Route("/v1/threads/{thread_id}/fork", fork, methods=["POST"]),
     Route("/v1/threads/{thread_id}/runs/{run_id}/rerun", rerun, methods=["POST"]),
     Route("/v1/threads/{thread_id}/runs/{run_id}/diff", diff, methods=["GET"]),
