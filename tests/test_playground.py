@@ -557,3 +557,56 @@ def test_event_viewer_follows_a_live_run_across_a_drop(page: Page, sdk: OpenAI, 
     assert message_value(assistant_text(sdk, thread_id)[-1]) == text
     # After following, the timeline is reloaded up to the run's end.
     page.page.wait_for_function("() => window.threadlog.viewer.events.at(-1).type === 'thread.run.completed'")
+
+
+def test_viewer_forks_reruns_and_diffs(page: Page, sdk: OpenAI, assistant: Any, upstream: RunningUpstream) -> None:
+    thread = sdk.beta.threads.create(messages=[{"role": "user", "content": "say: the viewer's words"}])
+    run = sdk.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+    assert run.status == "completed"
+    page.page.set_viewport_size({"width": 1280, "height": 720})
+    page.open_viewer(thread.id)
+    # "Fork here" on the user message's event: the fork holds exactly that message.
+    row = page.page.locator("#ev-table tbody tr", has_text="thread.message.created").first
+    row.locator(".fork-here").click()
+    page.page.wait_for_function(f"() => document.querySelector('#ev-thread').value !== '{thread.id}'")
+    fork = page.js("window.threadlog.debug.lastFork")
+    assert fork["source"] == thread.id
+    forked = sdk.beta.threads.messages.list(fork["thread"], order="asc").data
+    assert [(m.role, message_value(m)) for m in forked] == [("user", "say: the viewer's words")]
+    page.shot("fork")
+    # Re-run, recorded, with other instructions: no model call, and the diff shows just that.
+    page.open_viewer(thread.id)
+    page.page.select_option("#ev-replay-run", run.id)
+    page.page.fill("#ev-rr-instructions", "Answer in one word.")
+    asked = len(upstream.requests())
+    page.page.click("#ev-rerun")
+    page.page.wait_for_selector("#ev-diff-view:not(.hidden) tr.changed")
+    diff = page.js("window.threadlog.debug.lastDiff")
+    assert [d["path"] for d in diff["differences"]] == ["run.instructions"]
+    assert page.page.inner_text("#ev-diff-view tr.changed td.other") == "Answer in one word."
+    assert len(upstream.requests()) == asked
+    rerun = page.js("window.threadlog.debug.lastRerun")
+    assert rerun["status"] == "completed" and rerun["model_source"] == "recorded"
+    page.shot("rerun-diff-1280x720")
+    page.page.set_viewport_size({"width": 1920, "height": 1080})
+    page.page.check("#ev-diff-all")
+    page.page.wait_for_function("() => document.querySelectorAll('#ev-diff-view tbody tr').length > 5")
+    page.shot("rerun-diff-all-1920x1080")
+
+
+def test_composer_stays_in_view_on_a_long_thread(page: Page, sdk: OpenAI) -> None:
+    thread = sdk.beta.threads.create(
+        messages=[{"role": "user", "content": f"message {i}: {SENTENCE}"} for i in range(30)]
+    )
+    page.page.set_viewport_size({"width": 1280, "height": 720})
+    page.page.fill("#thread-open-id", thread.id)
+    page.page.click("#thread-open")
+    page.page.wait_for_function("() => document.querySelectorAll('#messages .msg').length === 30")
+    box = page.page.locator("#composer").bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 720
+    scroller = page.js(
+        "(() => { const m = document.querySelector('#messages'); return [m.scrollHeight, m.clientHeight]; })()"
+    )
+    assert scroller[0] > scroller[1]  # the messages scroll on their own; the page does not
+    assert page.js("document.documentElement.scrollHeight") <= 720
+    page.shot("long-thread-1280x720")

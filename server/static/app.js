@@ -553,7 +553,20 @@ const viewer = {
       const row = el(
         "tr",
         {},
-        el("td", { className: "mono", textContent: String(event.sequence) }),
+        el(
+          "td",
+          { className: "mono seq" },
+          el("button", {
+            className: "small fork-here",
+            textContent: "fork",
+            title: `Fork the thread here (as of sequence ${event.sequence})`,
+            onclick: (click) => {
+              click.stopPropagation();
+              guarded(() => debug.fork(event.sequence));
+            },
+          }),
+          String(event.sequence),
+        ),
         el("td", { className: "mono", textContent: stamp }),
         el("td", { textContent: event.type }),
         el("td", { className: "mono", textContent: event.run_id ? event.run_id.slice(-8) : "", title: event.run_id || "" }),
@@ -595,6 +608,8 @@ const viewer = {
       ? `${this.index}/${this.events.length} · seq ${event.sequence} · ${event.type}`
       : `0/${this.events.length} · before the first event`;
     $("#ev-asof").textContent = event ? `sequence ${event.sequence}` : "the start";
+    $("#ev-fork-at").textContent = event ? `sequence ${event.sequence}` : "—";
+    $("#ev-fork").disabled = !event;
     this.show(this.stateAt(this.index));
     this.markRows();
     const current = $("#ev-table tr.current");
@@ -731,6 +746,146 @@ function summarize(event) {
   return JSON.stringify(d).slice(0, 160);
 }
 
+// ------------------------------------------------------------------------------ fork, re-run, diff
+
+const debug = {
+  lastFork: null, // {source, thread} of the last fork made here
+  lastRerun: null, // {source: {thread, run}, thread, run, model_source}
+  lastDiff: null, // the last diff shown
+
+  async fork(sequence) {
+    const source = viewer.threadId;
+    const thread = await api("POST", `/v1/threads/${source}/fork`, { at_sequence: sequence });
+    this.lastFork = { source, thread: thread.id, sequence };
+    rememberThread(thread.id);
+    fillThreadSelect();
+    $("#ev-thread").value = thread.id;
+    await viewer.load(thread.id);
+    $("#ev-rerun-status").textContent = `forked ${source} at sequence ${sequence} → ${thread.id}`;
+    return thread.id;
+  },
+
+  async rerun() {
+    const source = { thread: viewer.threadId, run: $("#ev-replay-run").value };
+    if (!source.run) throw new Error("Load a thread with a run and pick it under 'Replay run' first.");
+    const body = { model_source: document.querySelector("input[name=ev-source]:checked").value };
+    const model = $("#ev-rr-model").value.trim();
+    const instructions = $("#ev-rr-instructions").value;
+    const temperature = $("#ev-rr-temperature").value.trim();
+    if (model) body.model = model;
+    if (instructions.trim()) body.instructions = instructions;
+    if (temperature) body.temperature = Number(temperature);
+    $("#ev-rerun-status").textContent = `re-running ${source.run} (${body.model_source})…`;
+    const run = await api("POST", `/v1/threads/${source.thread}/runs/${source.run}/rerun`, body);
+    let current = run;
+    for (let i = 0; i < 600 && ["queued", "in_progress", "cancelling"].includes(current.status); i += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      current = await api("GET", `/v1/threads/${run.thread_id}/runs/${run.id}`);
+    }
+    this.lastRerun = { source, thread: run.thread_id, run: run.id, model_source: body.model_source, status: current.status };
+    rememberThread(run.thread_id);
+    fillThreadSelect();
+    $("#ev-rerun-status").textContent = `${run.id} in ${run.thread_id}: ${current.status}`;
+    $("#ev-diff-thread").value = run.thread_id;
+    $("#ev-diff-run").value = run.id;
+    await this.diff(source, { thread: run.thread_id, run: run.id });
+    return run.id;
+  },
+
+  async diff(mine, theirs) {
+    const query = new URLSearchParams({ other_thread: theirs.thread || mine.thread, other_run: theirs.run });
+    const result = await api("GET", `/v1/threads/${mine.thread}/runs/${mine.run}/diff?${query}`);
+    this.lastDiff = result;
+    this.showDiff(result);
+    return result;
+  },
+
+  showDiff(result) {
+    const box = $("#ev-diff-view");
+    const all = $("#ev-diff-all").checked;
+    const changed = new Map(result.differences.map((d) => [d.path, d]));
+    const rows = [];
+    const paths = all ? flatPaths(result.summaries.this, result.summaries.other) : [...changed.keys()];
+    for (const path of paths) {
+      const d = changed.get(path) || { path, this: valueAt(result.summaries.this, path), other: valueAt(result.summaries.other, path) };
+      rows.push(
+        el(
+          "tr",
+          { className: changed.has(path) ? "changed" : "" },
+          el("td", { textContent: path }),
+          el("td", { className: "this" }, el("pre", { textContent: show(d.this) })),
+          el("td", { className: "other" }, el("pre", { textContent: show(d.other) })),
+        ),
+      );
+    }
+    const verdict = result.same
+      ? el("span", { className: "verdict same", textContent: "the same (ids and times aside)" })
+      : el("span", { className: "verdict differs", textContent: `${result.differences.length} difference${result.differences.length === 1 ? "" : "s"}` });
+    const timing = (t) => (t.duration_s === null ? "—" : `${t.duration_s}s, ${t.steps} steps`);
+    box.replaceChildren(
+      el("h3", {}, "Diff · ", verdict, el("button", { className: "small", textContent: "×", title: "Close", style: "float:right", onclick: () => box.classList.add("hidden") })),
+      el(
+        "table",
+        {},
+        el(
+          "thead",
+          {},
+          el(
+            "tr",
+            {},
+            el("th", { textContent: "field" }),
+            el("th", { textContent: `${result.this.run_id} (${timing(result.timings.this)})` }),
+            el("th", { textContent: `${result.other.run_id} (${timing(result.timings.other)})` }),
+          ),
+        ),
+        el("tbody", {}, ...rows),
+      ),
+    );
+    box.classList.remove("hidden");
+  },
+};
+
+function show(value) {
+  return value === undefined ? "(absent)" : typeof value === "string" ? value : JSON.stringify(value, null, 1);
+}
+
+function valueAt(doc, path) {
+  let node = doc;
+  for (const part of path.match(/[^.[\]]+/g) || []) {
+    if (node === null || node === undefined) return undefined;
+    node = node[/^\d+$/.test(part) ? Number(part) : part];
+  }
+  return node;
+}
+
+function flatPaths(a, b, prefix = "") {
+  const out = [];
+  const isObject = (v) => v !== null && typeof v === "object";
+  if (isObject(a) || isObject(b)) {
+    const keys = Array.isArray(a) || Array.isArray(b)
+      ? [...Array(Math.max(a?.length || 0, b?.length || 0)).keys()]
+      : [...new Set([...Object.keys(a || {}), ...Object.keys(b || {})])];
+    for (const key of keys) {
+      const path = typeof key === "number" ? `${prefix}[${key}]` : prefix ? `${prefix}.${key}` : key;
+      out.push(...flatPaths(a?.[key], b?.[key], path));
+    }
+    return out;
+  }
+  return [prefix];
+}
+
+$("#ev-fork").onclick = () => {
+  const event = viewer.events[viewer.index - 1];
+  if (event) guarded(() => debug.fork(event.sequence));
+};
+$("#ev-rerun").onclick = () => guarded(() => debug.rerun());
+$("#ev-diff").onclick = () => {
+  const run = $("#ev-replay-run").value;
+  const other = $("#ev-diff-run").value.trim();
+  if (run && other) guarded(() => debug.diff({ thread: viewer.threadId, run }, { thread: $("#ev-diff-thread").value.trim(), run: other }));
+};
+$("#ev-diff-all").onchange = () => debug.lastDiff && debug.showDiff(debug.lastDiff);
+
 $("#ev-load").onclick = () => guarded(() => viewer.load($("#ev-thread").value.trim()));
 $("#ev-run-filter").onchange = () => viewer.renderTimeline();
 $("#ev-type-filter").onchange = () => viewer.renderTimeline();
@@ -770,6 +925,7 @@ async function boot() {
 window.threadlog = {
   play,
   viewer,
+  debug,
   auth,
   api,
   blobURL,
