@@ -345,11 +345,16 @@ def test_admin_api_refuses_bad_input(server: ServerProcess, admin: OpenAI) -> No
 # -- limits ------------------------------------------------------------------------------------
 
 
+def _limit(admin: OpenAI, project: str, **limits: int) -> None:
+    """Set the project's rate limit through the SDK's own resource (its one entry, all models)."""
+    rates = admin.admin.organization.projects.rate_limits
+    rate = rates.list_rate_limits(project).data[0]
+    rates.update_rate_limit(rate.id, project_id=project, **limits)  # type: ignore[arg-type]
+
+
 def test_rate_limit_429_headers_and_sdk_retry(server: ServerProcess, admin: OpenAI) -> None:
     project, key, _ = _project_key(admin, "limited")
-    org = admin.admin.organization
-    rate = org.projects.rate_limits.list_rate_limits(project).data[0]
-    org.projects.rate_limits.update_rate_limit(rate.id, project_id=project, max_requests_per_1_minute=30)
+    _limit(admin, project, max_requests_per_1_minute=30)
     client = _client(server, key)
     remaining = []
     for _ in range(30):
@@ -374,9 +379,7 @@ def test_rate_limit_429_headers_and_sdk_retry(server: ServerProcess, admin: Open
 
 def test_token_limit_refuses_model_calls(server: ServerProcess, admin: OpenAI) -> None:
     project, key, _ = _project_key(admin, "tokens")
-    org = admin.admin.organization
-    rate = org.projects.rate_limits.list_rate_limits(project).data[0]
-    org.projects.rate_limits.update_rate_limit(rate.id, project_id=project, max_tokens_per_1_minute=5)
+    _limit(admin, project, max_tokens_per_1_minute=5)
     client = _client(server, key)
     assistant = client.beta.assistants.create(model=MODEL)
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "say: " + "word " * 40}])

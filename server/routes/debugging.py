@@ -29,7 +29,7 @@ from server.models.common import Metadata, ResponseFormat, Tool, dump, tool_json
 from server.models.common import Request as Body
 from server.models.runs import ToolChoice
 from server.run_diff import diff_runs
-from server.runs.objects import now
+from server.runs.objects import now, queued_run_state
 from server.runs.recorded import load_recording
 from server.services import services
 from server.threads import require_thread
@@ -97,22 +97,11 @@ async def rerun(request: Request) -> Response:
         await check_tools(svc, body.tools, param="tools")
     cutoff = await cutoff_for(svc, thread_id, before_run=run_id)
     forked = await fork_thread(svc, thread_id, cutoff, before_run=run_id)
-    created = now()
     run = {
         **settings,
         "id": new_id("run_"),
-        "created_at": created,
         "thread_id": forked.thread_id,
-        "status": "queued",
-        "required_action": None,
-        "last_error": None,
-        "expires_at": created + svc.settings.run_expiry_s,
-        "started_at": None,
-        "cancelled_at": None,
-        "failed_at": None,
-        "completed_at": None,
-        "incomplete_details": None,
-        "usage": None,
+        **queued_run_state(now(), svc.settings.run_expiry_s),
     }
     rerun_of = {
         "id": run["id"],

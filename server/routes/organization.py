@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from events.records import DEFAULT_PROJECT, PROJECT, NewEvent
 from projections.usage import DAY_SECONDS, usage_day
+from projections.views import Page
 from server.errors import bad_request, not_found
 from server.http import list_params, parse_body
 from server.ids import new_id
@@ -90,16 +91,7 @@ async def list_projects(request: Request) -> JSONResponse:
         if params.after not in ids:
             raise bad_request(f"No project with id '{params.after}' to page from.", "after")
         docs = docs[ids.index(params.after) + 1 :]
-    page = docs[: params.limit]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(docs) > params.limit,
-        }
-    )
+    return JSONResponse(Page(docs[: params.limit], has_more=len(docs) > params.limit).envelope())
 
 
 async def retrieve_project(request: Request) -> JSONResponse:

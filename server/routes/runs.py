@@ -20,7 +20,7 @@ from server.models.runs import CreateRun, CreateThreadAndRun, ModifyRun, RunOpti
 from server.models.threads import CreateThread
 from server.routes.threads import create_thread_events
 from server.runs.manager import CannotCancel, RunManager
-from server.runs.objects import now
+from server.runs.objects import now, queued_run_state
 from server.runs.recorded import resumed_recording
 from server.services import Services, services, shutting_down
 from server.sse import OPENAI_STREAM_EVENTS, run_stream_response
@@ -76,23 +76,13 @@ async def _new_run(
     return {
         "id": new_id("run_"),
         "object": "thread.run",
-        "created_at": created,
         "thread_id": thread_id,
         "assistant_id": assistant["id"],
-        "status": "queued",
-        "required_action": None,
-        "last_error": None,
-        "expires_at": created + svc.settings.run_expiry_s,
-        "started_at": None,
-        "cancelled_at": None,
-        "failed_at": None,
-        "completed_at": None,
-        "incomplete_details": None,
+        **queued_run_state(created, svc.settings.run_expiry_s),
         "model": model,
         "instructions": instructions or "",
         "tools": tools,
         "metadata": body.metadata or {},
-        "usage": None,
         "temperature": body.temperature if body.temperature is not None else assistant.get("temperature", 1.0),
         "top_p": body.top_p if body.top_p is not None else assistant.get("top_p", 1.0),
         "max_prompt_tokens": body.max_prompt_tokens,

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from events.records import NewEvent
+from projections.views import Page
 from server.errors import bad_request, not_found
 from server.http import list_params, parse_body
 from server.ids import new_id
@@ -322,16 +323,7 @@ async def list_batch_files(request: Request) -> JSONResponse:
     if params.after:
         ids = [d["id"] for d in docs]
         docs = docs[ids.index(params.after) + 1 :] if params.after in ids else []
-    page = docs[: params.limit]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(docs) > params.limit,
-        }
-    )
+    return JSONResponse(Page(docs[: params.limit], has_more=len(docs) > params.limit).envelope())
 
 
 async def search_store(request: Request) -> JSONResponse:

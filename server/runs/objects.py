@@ -13,6 +13,7 @@ __all__ = [
     "new_assistant_message",
     "new_step",
     "now",
+    "queued_run_state",
     "run_event",
     "step_event",
     "text_delta",
@@ -22,6 +23,23 @@ __all__ = [
 
 def now() -> int:
     return int(time.time())
+
+
+def queued_run_state(created_at: int, expiry_s: int) -> dict[str, Any]:
+    """The fields of a run that has just been created and not started yet."""
+    return {
+        "created_at": created_at,
+        "status": "queued",
+        "required_action": None,
+        "last_error": None,
+        "expires_at": created_at + expiry_s,
+        "started_at": None,
+        "cancelled_at": None,
+        "failed_at": None,
+        "completed_at": None,
+        "incomplete_details": None,
+        "usage": None,
+    }
 
 
 def new_step(run: dict[str, Any], step_type: str, details: dict[str, Any]) -> dict[str, Any]:
