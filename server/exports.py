@@ -102,6 +102,9 @@ async def import_thread(svc: Services, text: str) -> dict[str, Any]:
     ]
     thread_id = new_events[0].data["id"]
     await svc.store.append(thread_id, new_events, expected_version=0)
+    if svc.runs is not None:
+        for run in await svc.views.find("run", thread_id, ("requires_action",)):
+            svc.runs.watch_expiry(run)
     return {"thread_id": thread_id, "ids": ids}
 
 

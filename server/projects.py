@@ -253,33 +253,36 @@ class ProjectAccess:
     async def _revocable(self, scope: Scope, receive: Receive, send: Send, key_id: str) -> None:
         """Run the request so that deleting its key ends it, an open SSE stream included."""
         response: dict[str, Any] = {}
+        cancel = anyio.CancelScope()
+
+        def revoked() -> None:
+            # A plain request finishes (what it wrote is committed and answered as usual); a
+            # stream ends now, or as soon as it starts.
+            response["revoked"] = True
+            if response.get("stream"):
+                cancel.cancel()
 
         async def tracking(message: Message) -> None:
             if message["type"] == "http.response.start":
-                response["started"] = True
                 response["stream"] = any(
                     k == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ())
                 )
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 response["ended"] = True
             await send(message)
+            if response.get("stream") and response.get("revoked"):
+                cancel.cancel()
 
-        with anyio.CancelScope() as cancel:
-            self.directory.watch(key_id, cancel.cancel)
+        with cancel:
+            self.directory.watch(key_id, revoked)
             try:
                 await self.app(scope, receive, tracking)
             finally:
-                self.directory.unwatch(key_id, cancel.cancel)
-        if not cancel.cancelled_caught or response.get("ended"):
-            return
-        revoked = APIError(401, "The API key of this request was deleted.", code="invalid_api_key")
-        if not response.get("started"):
-            await _send_error(send, revoked)
-        elif response.get("stream"):
-            data = json.dumps(revoked.body()).encode()
+                self.directory.unwatch(key_id, revoked)
+        if cancel.cancelled_caught and not response.get("ended"):
+            error = APIError(401, "The API key of this request was deleted.", code="invalid_api_key")
+            data = json.dumps(error.body()).encode()
             await send({"type": "http.response.body", "body": b"event: error\ndata: " + data + b"\n\n"})
-            await send({"type": "http.response.body", "body": b""})
-        else:
             await send({"type": "http.response.body", "body": b""})
 
 

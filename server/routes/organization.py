@@ -9,6 +9,7 @@ fingerprint); the directory of keys the request path uses is changed once it com
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from events.records import DEFAULT_PROJECT, PROJECT, NewEvent
+from events.store import ConcurrencyError
 from projections.usage import DAY_SECONDS, usage_day
 from projections.views import Page
 from server.errors import bad_request, not_found
@@ -349,8 +351,9 @@ async def _project(svc: Services, project_id: str, *, create_default: bool = Fal
         raise not_found("project", project_id, "project_id")
     doc = _new_project(DEFAULT_PROJECT, DEFAULT_PROJECT_NAME, created_at=0)
     if create_default:  # the default project gets its stream when an admin first changes it
-        with _in_project(DEFAULT_PROJECT):
+        with _in_project(DEFAULT_PROJECT), contextlib.suppress(ConcurrencyError):  # another request made it
             await svc.store.append(DEFAULT_PROJECT, [NewEvent("organization.project.created", doc)], expected_version=0)
+        return await svc.views.get("project", DEFAULT_PROJECT) or doc
     return doc
 
 

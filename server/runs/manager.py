@@ -463,6 +463,11 @@ class RunManager:
 
     # -- expiry ----------------------------------------------------------------------------
 
+    def watch_expiry(self, run: dict[str, Any]) -> None:
+        """A run that arrived waiting for tool outputs (an import): it expires as any other."""
+        if run.get("status") == "requires_action":
+            self._schedule_expiry(run["id"], run.get("expires_at"))
+
     def _schedule_expiry(self, run_id: str, expires_at: int | None) -> None:
         if expires_at is None:
             return
