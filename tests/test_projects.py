@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from server.app import _routes
 from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, TERMINAL, start_server, wait_for
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, run_cli
 
 pytest.importorskip("lancedb")
 
@@ -488,3 +488,14 @@ def test_usage_per_project_and_model_from_the_log(server: ServerProcess, admin: 
             start_time=since
         )
     assert legacy.beta.assistants.list().object == "list"
+
+
+def test_the_log_replays_to_the_same_views(server: ServerProcess, world: dict[str, Any]) -> None:
+    """Everything this module did (projects, keys, limits, usage, objects of several projects)
+    folds from the log to exactly the live views, projects included (run last: module order)."""
+    verified = run_cli("replay", "--data-dir", str(server.data_dir), "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    with sqlite3.connect(server.data_dir / "threadlog.sqlite") as conn:
+        projects = dict(conn.execute("SELECT project_id, count(*) FROM views GROUP BY project_id").fetchall())
+    a_project, b_project = world["projects"]
+    assert projects[a_project] > projects[b_project] > 0 and projects["proj_default"] > 0
