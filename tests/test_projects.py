@@ -325,6 +325,15 @@ def test_admin_api_through_the_sdk(server: ServerProcess, admin: OpenAI) -> None
     ]
     assert {r[1] for r in rows} == {"admin_key:" + __import__("hashlib").sha256(ADMIN_KEY.encode()).hexdigest()[:16]}
     assert {r[2] for r in rows} == {project.id}
+    audit = org.audit_logs.list(project_ids=[project.id], limit=100)
+    assert [e.type for e in audit] == [
+        "project.archived", "api_key.created", "service_account.created", "api_key.deleted", "rate_limit.updated",
+        "rate_limit.updated", "api_key.created", "service_account.created", "project.updated", "project.created",
+    ]  # fmt: skip
+    assert {e.actor.api_key.id for e in audit if e.actor and e.actor.api_key} == {r[1] for r in rows}
+    assert {e.project.id for e in audit if e.project} == {project.id}
+    deletions = org.audit_logs.list(project_ids=[project.id], event_types=["api_key.deleted"])
+    assert [e.api_key_deleted.id for e in deletions if e.api_key_deleted] == [key_id]
     everything = b"".join(p.read_bytes() for p in server.data_dir.glob("threadlog.sqlite*"))
     assert key_value.encode() not in everything and ADMIN_KEY.encode() not in everything
 

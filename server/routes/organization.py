@@ -318,6 +318,75 @@ async def usage_completions(request: Request) -> JSONResponse:
     return JSONResponse({"object": "page", "data": buckets, "has_more": more, "next_page": str(day) if more else None})
 
 
+# -- audit log ---------------------------------------------------------------------------
+
+_AUDIT_TYPES = {
+    "organization.project.created": "project.created",
+    "organization.project.updated": "project.updated",
+    "organization.project.archived": "project.archived",
+    "organization.project.service_account.created": "service_account.created",
+    "organization.project.service_account.deleted": "service_account.deleted",
+    "organization.project.api_key.created": "api_key.created",
+    "organization.project.api_key.deleted": "api_key.deleted",
+}
+
+
+async def audit_logs(request: Request) -> JSONResponse:
+    """The admin events of the log in the shape of OpenAI's audit log, newest first."""
+    svc = services(request)
+    query = request.query_params
+    params = list_params(request, max_limit=100)
+    wanted_projects = set(query.getlist("project_ids[]") + query.getlist("project_ids"))
+    wanted_types = set(query.getlist("event_types[]") + query.getlist("event_types"))
+    projects = {doc["id"]: doc for doc in (await svc.views.list("project", limit=1_000_000, order="asc")).data}
+    entries = []
+    for project_id, project in projects.items():
+        if wanted_projects and project_id not in wanted_projects:
+            continue
+        for event in await svc.store.read(stream_id=project_id, limit=10_000_000):
+            entry = _audit_entry(event.sequence, event.type, event.data, event.created_at, project)
+            if entry is not None and (not wanted_types or entry["type"] in wanted_types):
+                entries.append(entry)
+    entries.sort(key=lambda e: int(e["id"].rsplit("-", 1)[1]), reverse=True)
+    if params.after is not None:
+        ids = [e["id"] for e in entries]
+        if params.after not in ids:
+            raise bad_request(f"No audit log entry with id '{params.after}' to page from.", "after")
+        entries = entries[ids.index(params.after) + 1 :]
+    return JSONResponse(Page(entries[: params.limit], has_more=len(entries) > params.limit).envelope())
+
+
+def _audit_entry(
+    sequence: int, event_type: str, data: dict[str, Any], created_at: float, project: dict[str, Any]
+) -> dict[str, Any] | None:
+    kind = _AUDIT_TYPES.get(event_type)
+    if kind is None:
+        return None
+    details: dict[str, Any] = {"id": data.get("id")}
+    if kind == "project.created":
+        details["data"] = {"name": data.get("name"), "title": data.get("name")}
+    elif kind == "project.updated":
+        if "limits" in data and "name" not in data:
+            kind = "rate_limit.updated"
+            details = {"id": RATE_LIMIT_ID, "changes_requested": data["limits"]}
+        else:
+            details["changes_requested"] = {"title": data.get("name")}
+    elif kind == "service_account.created":
+        details["data"] = {"role": data.get("role")}
+    elif kind == "api_key.created":
+        details["data"] = {"scopes": []}
+    actor = data.get("actor")
+    return {
+        "object": "organization.audit_log",
+        "id": f"audit_log-{sequence}",
+        "type": kind,
+        "effective_at": int(created_at),
+        "project": {"id": project["id"], "name": project.get("name")},
+        "actor": {"type": "api_key", "api_key": {"id": actor, "type": "user"}} if actor else None,
+        kind: details,
+    }
+
+
 # -- helpers -----------------------------------------------------------------------------
 
 
@@ -474,4 +543,5 @@ routes = [
     Route(f"{_P}/model_permissions", update_model_permissions, methods=["POST"]),
     Route(f"{_P}/model_permissions", delete_model_permissions, methods=["DELETE"]),
     Route("/v1/organization/usage/completions", usage_completions, methods=["GET"]),
+    Route("/v1/organization/audit_logs", audit_logs, methods=["GET"]),
 ]
