@@ -16,13 +16,14 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 import aiosqlite
 
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
+from events.subscriptions import Subscriptions
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -191,55 +192,6 @@ class _Append:
     project_id: str | None = None  # None: the server's own append, in the stream's project
 
 
-@dataclass(eq=False)
-class _Subscription:
-    """Committed events waiting for one reader; the reader takes all of them at each wake-up.
-
-    One list and one future rather than a queue: the writer hands a commit's events over
-    without a task switch per event, and a reader that fell behind gets everything that
-    accumulated in one piece (one write to its client). Past `LIMIT` events the reader is
-    told it overflowed and catches up from the log instead.
-    """
-
-    stream_id: str | None
-    run_id: str | None
-    events: list[StoredEvent] = field(default_factory=list)
-    waiter: asyncio.Future[None] | None = None
-    overflowed: bool = False
-    ended: bool = False  # the server is shutting down: the reader takes what is left, then stops
-
-    LIMIT: ClassVar[int] = 10_000
-
-    def push(self, event: StoredEvent) -> None:
-        if self.overflowed:
-            return
-        if len(self.events) >= self.LIMIT:
-            self.overflowed = True  # the reader falls back to the log and catches up
-            self.events.clear()
-        else:
-            self.events.append(event)
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def end(self) -> None:
-        self.ended = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def take(self) -> list[StoredEvent]:
-        """The events pushed since the last take, waiting for one if there are none."""
-        while not self.events and not self.overflowed and not self.ended:
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        events, self.events = self.events, []
-        return events
-
-
 class EventStore:
     """The log. `open()` before use, `close()` after; one instance per process."""
 
@@ -270,10 +222,7 @@ class EventStore:
         self._versions: dict[str, int] = {}
         self._projects: dict[str, str] = {}  # stream -> project, for streams seen since open
         self._head = 0
-        self._subs_all: set[_Subscription] = set()
-        self._subscriptions_ended = False
-        self._subs_by_stream: dict[str, set[_Subscription]] = {}
-        self._subs_by_run: dict[str, set[_Subscription]] = {}
+        self._subscriptions = Subscriptions()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -546,10 +495,9 @@ class EventStore:
         for req, stored in accepted:
             if not req.future.done():
                 req.future.set_result(stored)
-        if self._subs_all or self._subs_by_stream or self._subs_by_run:
+        if self._subscriptions:
             for _, stored in accepted:
-                for stored_event in stored:
-                    self._publish(stored_event)
+                self._subscriptions.publish(stored)
 
     async def _committed_version(self, conn: aiosqlite.Connection, stream_id: str) -> int:
         cached = self._versions.get(stream_id)
@@ -604,43 +552,15 @@ class EventStore:
             for event in batch:
                 yield event
 
-    async def subscribe_batches(
+    def subscribe_batches(
         self,
         *,
         after: int = 0,
         stream_id: str | None = None,
         run_id: str | None = None,
     ) -> AsyncIterator[list[StoredEvent]]:
-        """`subscribe`, a batch at a time: each batch is what committed while the reader was away.
-
-        The subscription registers before it reads the backlog, so an event committed
-        while the backlog is read is seen either there or live; duplicates are dropped by
-        sequence.
-        """
-        sub = _Subscription(stream_id=stream_id, run_id=run_id)
-        self._register(sub)
-        last = after
-        try:
-            while True:
-                if sub.overflowed:
-                    sub.overflowed = False
-                backlog = await self.read(after=last, stream_id=stream_id, run_id=run_id, limit=1000)
-                if backlog:
-                    last = backlog[-1].sequence
-                    yield backlog
-                if len(backlog) == 1000:
-                    continue
-                while not sub.overflowed:
-                    batch = await sub.take()
-                    if not batch and sub.ended:
-                        return
-                    if batch and batch[0].sequence <= last:
-                        batch = [event for event in batch if event.sequence > last]
-                    if batch:
-                        last = batch[-1].sequence
-                        yield batch
-        finally:
-            self._unregister(sub)
+        """`subscribe`, a batch at a time: each batch is what committed while the reader was away."""
+        return self._subscriptions.follow(self.read, after=after, stream_id=stream_id, run_id=run_id)
 
     def end_subscriptions(self) -> None:
         """Shutting down: every live reader gets what has committed, then its subscription ends.
@@ -648,37 +568,7 @@ class EventStore:
         So open SSE streams finish as complete responses instead of being cut off when the
         server closes their connections; a subscription made after this ends the same way.
         """
-        self._subscriptions_ended = True
-        for subs in (self._subs_all, *self._subs_by_stream.values(), *self._subs_by_run.values()):
-            for sub in list(subs):
-                sub.end()
-
-    def _register(self, sub: _Subscription) -> None:
-        if self._subscriptions_ended:
-            sub.ended = True
-        if sub.run_id is not None:
-            self._subs_by_run.setdefault(sub.run_id, set()).add(sub)
-        elif sub.stream_id is not None:
-            self._subs_by_stream.setdefault(sub.stream_id, set()).add(sub)
-        else:
-            self._subs_all.add(sub)
-
-    def _unregister(self, sub: _Subscription) -> None:
-        if sub.run_id is not None:
-            _discard(self._subs_by_run, sub.run_id, sub)
-        elif sub.stream_id is not None:
-            _discard(self._subs_by_stream, sub.stream_id, sub)
-        else:
-            self._subs_all.discard(sub)
-
-    def _publish(self, event: StoredEvent) -> None:
-        for sub in self._subs_all:
-            sub.push(event)
-        for sub in self._subs_by_stream.get(event.stream_id, ()):
-            sub.push(event)
-        if event.run_id is not None:
-            for sub in self._subs_by_run.get(event.run_id, ()):
-                sub.push(event)
+        self._subscriptions.end_all()
 
 
 async def open_connection(path: Path, synchronous: str = "NORMAL") -> aiosqlite.Connection:
@@ -714,11 +604,3 @@ def row_to_event(row: Sequence[object]) -> StoredEvent:
         request_id=None if request_id is None else str(request_id),
         project_id=DEFAULT_PROJECT if project_id is None else str(project_id),
     )
-
-
-def _discard(index: dict[str, set[_Subscription]], key: str, sub: _Subscription) -> None:
-    subs = index.get(key)
-    if subs is not None:
-        subs.discard(sub)
-        if not subs:
-            del index[key]

@@ -215,7 +215,7 @@ async def test_subscribe_backlog_then_live_without_gaps(store: EventStore) -> No
         await subscription.aclose()  # type: ignore[attr-defined]
     assert [e.sequence for e in got] == list(range(after + 1, expected_total + 1))
     assert got == (await read_all(store))[after:]
-    assert not store._subs_all  # unregistered on close
+    assert not store._subscriptions  # unregistered on close
 
 
 async def test_many_subscribers_racing_appenders(store: EventStore) -> None:
@@ -277,7 +277,7 @@ async def test_subscribe_by_run_id(store: EventStore) -> None:
     assert {e.run_id for e in got} == {"run_a"}
     assert [e.data["n"] for e in got] == [0, *range(3, 63, 3)]
     assert [e.sequence for e in got] == [e.sequence for e in await store.read(run_id="run_a")]
-    assert not store._subs_by_run
+    assert not store._subscriptions
 
 
 async def test_subscribe_after_head_waits_for_live(store: EventStore) -> None:
@@ -301,7 +301,7 @@ async def test_overflow_falls_back_to_the_log(store: EventStore) -> None:
     try:
         first = await anext(iterator)
         assert first.sequence == 1
-        (sub,) = store._subs_all
+        (sub,) = store._subscriptions._all
         capacity = sub.LIMIT
         # The subscriber is paused (not iterating) while more than its queue holds is committed.
         chunk = 500
