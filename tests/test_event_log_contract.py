@@ -1,0 +1,197 @@
+"""The event log's contract (events/log.py), the same checks on both backends: SQLite (a real file)
+and PostgreSQL (a private cluster these tests start). Then what only a shared log must show:
+appends from two processes commit in sequence order, and readers of one see the other's events."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from events.postgres import PostgresEventLog
+from events.records import PROJECT, NewEvent, StoredEvent
+from events.store import ConcurrencyError, EventStore, ForeignStream
+from tests.pg_cluster import PostgresCluster, postgres_binaries
+
+pytestmark = pytest.mark.skipif(
+    postgres_binaries() is None and not __import__("os").environ.get("CI"),
+    reason="PostgreSQL server binaries are missing (scripts/install --test installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PostgresCluster]:
+    root = Path(tempfile.mkdtemp(prefix="threadlog-pg-"))  # under /tmp: the postgres user can reach it
+    running = PostgresCluster(root).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    if request.param == "sqlite":
+        store: Any = EventStore(tmp_path / "log.sqlite")
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("cluster")
+        store = PostgresEventLog(await cluster.new_database())
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def tick(n: int, **extra: Any) -> NewEvent:
+    return NewEvent("test.tick", {"n": n, **extra})
+
+
+async def collect(log: Any, count: int, **where: Any) -> list[StoredEvent]:
+    got: list[StoredEvent] = []
+    iterator = log.subscribe_batches(**where)
+    try:
+        async for batch in iterator:
+            got += batch
+            if len(got) >= count:
+                return got
+    finally:
+        await iterator.aclose()
+    return got
+
+
+async def test_appends_read_back_in_order(log: Any) -> None:
+    first = await log.append("s", [tick(0), tick(1)], expected_version=0)
+    second = await log.append("t", [tick(2, text="zürich ☃")])
+    third = await log.append("s", [NewEvent("test.tick", {"n": 3}, run_id="run_1")], expected_version=2)
+    assert [(e.sequence, e.stream_id, e.version) for e in first + second + third] == [
+        (1, "s", 1), (2, "s", 2), (3, "t", 1), (4, "s", 3),
+    ]  # fmt: skip
+    assert log.head == 4 and await log.stream_version("s") == 3 and await log.stream_version("nothing") == 0
+    everything = await log.read()
+    expected = [(1, {"n": 0}), (2, {"n": 1}), (3, {"n": 2, "text": "zürich ☃"}), (4, {"n": 3})]
+    assert [(e.sequence, e.data) for e in everything] == expected
+    assert everything[2].data_json == '{"n":2,"text":"zürich ☃"}'  # the bytes as sent, not re-encoded
+    assert [e.sequence for e in await log.read(stream_id="s")] == [1, 2, 4]
+    assert [e.sequence for e in await log.read(run_id="run_1")] == [4]
+    assert [e.sequence for e in await log.read(after=2, limit=1)] == [3]
+
+
+async def test_expected_version_is_checked_and_refusals_leave_no_hole(log: Any) -> None:
+    await log.append("s", [tick(0)], expected_version=0)
+    with pytest.raises(ConcurrencyError) as refused:
+        await log.append("s", [tick(1)], expected_version=0)
+    assert (refused.value.expected, refused.value.actual) == (0, 1)
+    after = await log.append("t", [tick(2)])
+    assert after[0].sequence == 2  # the refused append took no position
+
+
+async def test_concurrent_deciders_one_wins_each_version(log: Any) -> None:
+    await log.append("s", [tick(0)])
+
+    async def decide(n: int) -> str:
+        try:
+            await log.append("s", [tick(n)], expected_version=1)
+            return "won"
+        except ConcurrencyError:
+            return "lost"
+
+    outcomes = await asyncio.gather(*(decide(n) for n in range(1, 21)))
+    assert sorted(outcomes) == ["lost"] * 19 + ["won"]
+    assert [e.version for e in await log.read(stream_id="s")] == [1, 2]
+
+
+async def test_subscribers_see_backlog_then_live_without_gaps(log: Any) -> None:
+    for n in range(30):
+        await log.append(f"s{n % 3}", [tick(n)])
+    reader = asyncio.ensure_future(collect(log, 120, after=10))
+
+    async def writers() -> None:
+        for n in range(100):
+            log.enqueue(f"s{n % 5}", [tick(100 + n)])
+            if n % 10 == 0:
+                await asyncio.sleep(0)
+
+    await writers()
+    got = await asyncio.wait_for(reader, 30)
+    assert [e.sequence for e in got] == list(range(11, 131))
+    run_reader = asyncio.ensure_future(collect(log, 2, run_id="run_x"))
+    await log.append("s0", [NewEvent("test.tick", {"n": 1}, run_id="run_x"), tick(2)])
+    await log.append("s1", [NewEvent("test.tick", {"n": 3}, run_id="run_x")])
+    assert [e.data["n"] for e in await asyncio.wait_for(run_reader, 30)] == [1, 3]
+
+
+async def test_streams_keep_their_project(log: Any) -> None:
+    token = PROJECT.set("proj_a")
+    try:
+        await log.append("asst_1", [tick(0)])
+    finally:
+        PROJECT.reset(token)
+    await log.append("asst_1", [tick(1)])  # the server's own append: the stream's project
+    token = PROJECT.set("proj_b")
+    try:
+        with pytest.raises(ForeignStream):
+            await log.append("asst_1", [tick(2)])
+    finally:
+        PROJECT.reset(token)
+    assert [(e.version, e.project_id) for e in await log.read(stream_id="asst_1")] == [(1, "proj_a"), (2, "proj_a")]
+
+
+# -- what only a log shared by several processes must show ------------------------------------
+
+
+async def test_appends_commit_in_sequence_order_across_processes(cluster: PostgresCluster) -> None:
+    """Another process's append holds its position uncommitted; this process's later append must not
+    commit before it (a reader at N would skip N+1 for good), and a tailing reader sees both in order."""
+    dsn = await cluster.new_database()
+    log = PostgresEventLog(dsn)
+    await log.open()
+    other = await asyncpg.connect(dsn)
+    try:
+        await log.append("s", [tick(0)])
+        reader = asyncio.ensure_future(collect(log, 3, after=0))
+        slow = other.transaction()
+        await slow.start()
+        taken = int(await other.fetchval("UPDATE log_head SET head = head + 1 RETURNING head"))
+        await other.execute(
+            "INSERT INTO events (sequence, stream_id, version, type, schema_version, data, created_at) "
+            "VALUES ($1, 'other', 1, 'test.tick', 1, '{\"n\":1}', 0)",
+            taken,
+        )
+        later = log.enqueue("t", [tick(2)])
+        await asyncio.sleep(0.3)  # time for the later append to commit first, were that possible
+        assert not later.done(), "an append committed while an earlier position was still open"
+        await other.execute("SELECT pg_notify('threadlog_events', $1)", str(taken))
+        await slow.commit()
+        stored = await asyncio.wait_for(later, 10)
+        assert taken == 2 and stored[0].sequence == 3
+        got = await asyncio.wait_for(reader, 10)
+        assert [(e.sequence, e.stream_id) for e in got] == [(1, "s"), (2, "other"), (3, "t")]
+    finally:
+        await other.close()
+        await log.close()
+
+
+async def test_a_second_process_sees_appends_live(cluster: PostgresCluster) -> None:
+    dsn = await cluster.new_database()
+    writer, watcher = PostgresEventLog(dsn), PostgresEventLog(dsn)
+    await writer.open()
+    await watcher.open()
+    try:
+        reader = asyncio.ensure_future(collect(watcher, 50, stream_id="run-stream"))
+        await asyncio.sleep(0.05)
+        for n in range(50):
+            await writer.append("run-stream", [tick(n)])
+        got = await asyncio.wait_for(reader, 30)
+        assert [e.data["n"] for e in got] == list(range(50))
+        assert watcher.head == writer.head == 50
+    finally:
+        await watcher.close()
+        await writer.close()
