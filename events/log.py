@@ -9,12 +9,66 @@ both.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import NamedTuple, Protocol
 
 from events.records import NewEvent, StoredEvent
 
-__all__ = ["EventLog"]
+__all__ = ["EventLog", "LoadViews", "Projector", "ViewChanges", "ViewKey", "ViewRow"]
+
+ViewKey = tuple[str, str]
+"""(kind, id) of a view."""
+
+
+class ViewRow(NamedTuple):
+    """One view as a store keeps it, whatever the database."""
+
+    kind: str
+    id: str
+    parent_id: str | None
+    run_id: str | None
+    ordinal: int  # the sequence of the event that created it: list order
+    doc: str  # the object as JSON, exactly as the API returns it
+    project_id: str
+
+
+class ViewChanges(NamedTuple):
+    """What one append does to the views, handed to the store to write in the append's transaction."""
+
+    upserts: list[ViewRow]
+    deletes: list[ViewKey]
+    position: int  # the sequence of the last event these changes reflect
+
+
+LoadViews = Callable[[list[ViewKey]], Awaitable[Mapping[ViewKey, tuple[str, int, str]]]]
+"""The store's read of stored views by key: (doc JSON, ordinal, project) of those that exist."""
+
+
+class Projector(Protocol):
+    """Folds events into views; the store writes what it folded in the append's own transaction.
+
+    A projector knows no database: it asks the store for the views it needs (`load`) and
+    hands back a change set, which each backend writes in its own dialect.
+    """
+
+    @property
+    def fingerprint(self) -> str:
+        """Which views fold which events: when it changes, the store refolds the views."""
+
+    def handles(self, event_type: str) -> bool:
+        """Whether any view folds this event type (appends of other types skip `stage`)."""
+
+    async def stage(self, events: Sequence[StoredEvent], load: LoadViews) -> None:
+        """Fold one append's events into the pending change set; raise to reject the append."""
+
+    def changes(self, position: int) -> ViewChanges:
+        """The pending change set, to write with the append."""
+
+    def commit(self) -> None:
+        """The transaction committed: pending changes become the known state."""
+
+    def rollback(self) -> None:
+        """The transaction failed: forget pending changes and anything cached from them."""
 
 
 class EventLog(Protocol):

@@ -15,14 +15,15 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import aiosqlite
 
+from events.log import LoadViews, Projector, ViewKey
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
+from events.sqlite_views import Statement, change_statements, load_views, prepare_views, read_position
 from events.subscriptions import Subscriptions
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "ConcurrencyError",
     "EventStore",
     "ForeignStream",
-    "Projector",
     "row_to_event",
 ]
 
@@ -87,36 +87,6 @@ class ForeignStream(LookupError):
     def __init__(self, stream_id: str, project_id: str, stream_project: str) -> None:
         super().__init__(f"stream {stream_id} belongs to project {stream_project}, not {project_id}")
         self.stream_id = stream_id
-
-
-class Projector(Protocol):
-    """Folds events into views inside the append transaction."""
-
-    async def prepare(self, conn: aiosqlite.Connection) -> None:
-        """Create the projector's tables (or migrate those of an earlier release), at open."""
-
-    def handles(self, event_type: str) -> bool:
-        """Whether any view folds this event type (appends of other types skip `stage`)."""
-
-    async def position(self, conn: aiosqlite.Connection) -> int:
-        """Sequence of the last event the stored views reflect."""
-
-    async def stage(self, conn: aiosqlite.Connection, events: Sequence[StoredEvent]) -> None:
-        """Fold one append's events into the pending change set; raise to reject the append."""
-
-    def flush_statements(self, position: int) -> list[Statement]:
-        """The writes of the pending change set and the position, run inside the append's
-        transaction (in the database thread, with the event inserts, in one hop)."""
-
-    def commit(self) -> None:
-        """The transaction committed: pending changes become the known state."""
-
-    def rollback(self) -> None:
-        """The transaction failed: forget pending changes and anything cached from them."""
-
-
-Statement = tuple[str, Sequence[Sequence[object]]]
-"""One SQL statement and the parameter rows it runs with (`executemany`)."""
 
 
 async def run_transaction(conn: aiosqlite.Connection, statements: Sequence[Statement]) -> None:
@@ -239,7 +209,7 @@ class EventStore:
         row = rows[0] if rows else None
         self._head = int(row[0]) if row else 0
         if self.projector is not None:
-            await self.projector.prepare(self._writer_conn)
+            await prepare_views(self._writer_conn, self.projector.fingerprint)
             await self._catch_up(self.projector)
         self._writer_task = asyncio.create_task(self._run_writer(), name="event-store-writer")
         self._checkpoint_conn = await open_connection(self.path, self.synchronous)
@@ -249,13 +219,14 @@ class EventStore:
         """Fold events the views have not seen (a projection added or rebuilt since)."""
         conn = self._writer_conn
         assert conn is not None
-        position = await projector.position(conn)
+        position = await read_position(conn)
+        load = self._loader(conn)
         while position < self._head:
             events = await self.read(after=position, limit=10_000, conn=conn)
             try:
-                await projector.stage(conn, events)
+                await projector.stage(events, load)
                 position = events[-1].sequence
-                await run_transaction(conn, projector.flush_statements(position))
+                await run_transaction(conn, change_statements(projector.changes(position)))
             except BaseException:
                 projector.rollback()
                 raise
@@ -450,7 +421,7 @@ class EventStore:
                 )  # fmt: skip
             if projector is not None and handles is not None and any(handles(e.type) for e in stored):
                 try:
-                    await projector.stage(conn, stored)
+                    await projector.stage(stored, self._loader(conn))
                 except Exception as exc:
                     req.future.set_exception(exc)
                     continue
@@ -470,7 +441,7 @@ class EventStore:
         started = time.perf_counter()
         try:
             if projector is not None:
-                statements.extend(projector.flush_statements(sequence))
+                statements.extend(change_statements(projector.changes(sequence)))
             await run_transaction(conn, statements)
         except BaseException as exc:
             if projector is not None:
@@ -498,6 +469,13 @@ class EventStore:
         if self._subscriptions:
             for _, stored in accepted:
                 self._subscriptions.publish(stored)
+
+    @staticmethod
+    def _loader(conn: aiosqlite.Connection) -> LoadViews:
+        async def load(keys: list[ViewKey]) -> Mapping[ViewKey, tuple[str, int, str]]:
+            return await load_views(conn, keys)
+
+        return load
 
     async def _committed_version(self, conn: aiosqlite.Connection, stream_id: str) -> int:
         cached = self._versions.get(stream_id)

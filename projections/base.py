@@ -15,15 +15,11 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
-
+from events.log import LoadViews, ViewChanges, ViewKey, ViewRow
 from events.records import DEFAULT_PROJECT, StoredEvent
-from events.store import Statement
 from projections.live import LiveDoc, fold_deltas
 
 __all__ = [
-    "POSITION_NAME",
-    "VIEWS_SCHEMA",
     "Doc",
     "Fold",
     "Projection",
@@ -91,34 +87,6 @@ def by_id(data: Mapping[str, Any]) -> str:
     return str(data["id"])
 
 
-POSITION_NAME = "views"
-
-VIEWS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS views (
-    kind      TEXT    NOT NULL,  -- assistant, thread, message, run, step, file, ...
-    id        TEXT    NOT NULL,
-    parent_id TEXT,              -- the thread of a message or run, the run of a step, ...
-    run_id    TEXT,              -- the run that made a message or step
-    ordinal   INTEGER NOT NULL,  -- sequence of the event that created it: list order
-    doc       TEXT    NOT NULL,  -- the object exactly as the API returns it
-    project_id TEXT   NOT NULL DEFAULT 'proj_default',  -- the project of its stream
-    PRIMARY KEY (kind, id)
-) WITHOUT ROWID;
--- Every list endpoint: one kind under one parent, in creation order, from a cursor.
-CREATE INDEX IF NOT EXISTS views_list ON views (kind, parent_id, ordinal);
--- Lists of top-level objects (assistants, files, vector stores) in one project; children
--- are listed under their parent, which is in one project already.
-CREATE INDEX IF NOT EXISTS views_project_top ON views (kind, project_id, ordinal) WHERE parent_id IS NULL;
-CREATE TABLE IF NOT EXISTS projection_position (
-    name     TEXT PRIMARY KEY,
-    position INTEGER NOT NULL    -- sequence of the last event folded into the views
-);
-CREATE TABLE IF NOT EXISTS projection_shape (
-    name        TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL    -- which views fold which events (ViewProjector.fingerprint)
-);
-"""
-
 VIEWS_REVISION = 1
 """Bumped when a fold changes what it makes of the same events: the views are then refolded at open."""
 
@@ -152,9 +120,6 @@ class View:
     doc: Doc
     ordinal: int
     project_id: str = DEFAULT_PROJECT  # every event of a view's stream is in the stream's project
-
-
-ViewKey = tuple[str, str]
 
 
 class ViewProjector:
@@ -195,8 +160,6 @@ class ViewProjector:
         # stored view it applies to), or a whole-object event on a key (the view it left).
         self._pending_live: list[tuple[ViewKey, dict[str, Any] | None, View | None, bool]] = []
 
-    schema = VIEWS_SCHEMA
-
     @property
     def fingerprint(self) -> str:
         """Which views fold which event types: another set (a projection added, a fold
@@ -204,38 +167,8 @@ class ViewProjector:
         shape = sorted((p.kind, sorted(p.folds), sorted(p.streamed)) for p in self._by_kind.values())
         return hashlib.sha256(json.dumps([VIEWS_REVISION, shape]).encode()).hexdigest()[:16]
 
-    async def prepare(self, conn: aiosqlite.Connection) -> None:
-        """Create the tables, or bring those of an earlier release up to date.
-
-        Views folded by another set of projections (a new one in this release, say) are
-        dropped and their position reset: the store's catch-up at open folds the whole log
-        again, so the new views cover the events written before them too.
-        """
-        await prepare_views(conn)
-        rows = list(
-            await conn.execute_fetchall("SELECT fingerprint FROM projection_shape WHERE name = ?", (POSITION_NAME,))
-        )
-        if rows and rows[0][0] == self.fingerprint:
-            return
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            await conn.execute("DELETE FROM views")
-            await write_position(conn, 0)
-            await conn.execute(
-                "INSERT INTO projection_shape (name, fingerprint) VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint",
-                (POSITION_NAME, self.fingerprint),
-            )
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
-
     def handles(self, event_type: str) -> bool:
         return event_type in self._handlers or event_type in self._streamed
-
-    async def position(self, conn: aiosqlite.Connection) -> int:
-        return await read_position(conn)
 
     def event_types(self) -> list[str]:
         return sorted(self._handlers)
@@ -258,7 +191,7 @@ class ViewProjector:
                 None if doc is None else View(doc, current.ordinal if current else event.sequence, event.project_id)
             )
 
-    async def stage(self, conn: aiosqlite.Connection, events: Sequence[StoredEvent]) -> None:
+    async def stage(self, events: Sequence[StoredEvent], load: LoadViews) -> None:
         loaded: dict[ViewKey, View | None] = {}
         missing: list[ViewKey] = []
         for event in events:
@@ -279,7 +212,7 @@ class ViewProjector:
                     loaded[key] = None
                     missing.append(key)
         if missing:
-            loaded.update(await self._load_many(conn, missing))
+            loaded.update(await self._load(load, missing))
 
         def lookup(key: ViewKey) -> View | None:
             return self._pending[key] if key in self._pending else loaded.get(key)
@@ -334,15 +267,11 @@ class ViewProjector:
                     doc = fold(doc, event)
         return fold_deltas(doc, deltas) if doc is not None and deltas else doc
 
-    def flush_statements(self, position: int) -> list[Statement]:
-        return [*self.view_statements(self._pending), position_statement(position)]
+    def changes(self, position: int) -> ViewChanges:
+        return self.changes_of(self._pending, position)
 
-    async def write_views(self, conn: aiosqlite.Connection, views: Mapping[ViewKey, View | None]) -> None:
-        """Upsert or delete view rows (inside the caller's transaction)."""
-        for sql, rows in self.view_statements(views):
-            await conn.executemany(sql, rows)
-
-    def view_statements(self, views: Mapping[ViewKey, View | None]) -> list[Statement]:
+    def changes_of(self, views: Mapping[ViewKey, View | None], position: int) -> ViewChanges:
+        """The rows to upsert and the keys to delete for `views` (a rebuild's, or the pending ones)."""
         upserts = []
         deletes = []
         for (kind, view_id), view in views.items():
@@ -351,13 +280,8 @@ class ViewProjector:
             else:
                 parent, run = self._by_kind[kind].meta(view.doc)
                 doc = json.dumps(view.doc, ensure_ascii=False)
-                upserts.append((kind, view_id, parent, run, view.ordinal, doc, view.project_id))
-        statements: list[Statement] = []
-        if upserts:
-            statements.append((_UPSERT_VIEW, upserts))
-        if deletes:
-            statements.append(("DELETE FROM views WHERE kind = ? AND id = ?", deletes))
-        return statements
+                upserts.append(ViewRow(kind, view_id, parent, run, view.ordinal, doc, view.project_id))
+        return ViewChanges(upserts, deletes, position)
 
     def commit(self) -> None:
         for key, view in self._pending.items():
@@ -386,20 +310,15 @@ class ViewProjector:
         self._pending_live.clear()
         self._cache.clear()
 
-    async def _load_many(self, conn: aiosqlite.Connection, keys: list[ViewKey]) -> dict[ViewKey, View | None]:
-        """Views not in the cache, read in one query per 400 keys (one hop to the database thread).
+    async def _load(self, load: LoadViews, keys: list[ViewKey]) -> dict[ViewKey, View | None]:
+        """Views not in the cache, from the store in one call (one hop to the database).
 
         An append that creates a step and a message, say, misses the cache for each: read one
         by one, each a hop of its own, they held up the commit of the run's first token.
         """
         views: dict[ViewKey, View | None] = dict.fromkeys(keys)
-        for start in range(0, len(keys), 400):
-            part = keys[start : start + 400]
-            values = ", ".join("(?, ?)" for _ in part)
-            sql = f"SELECT kind, id, doc, ordinal, project_id FROM views WHERE (kind, id) IN (VALUES {values})"
-            params = [item for key in part for item in key]
-            for kind, view_id, doc, ordinal, project in await conn.execute_fetchall(sql, params):
-                views[(str(kind), str(view_id))] = View(json.loads(doc), int(ordinal), str(project))
+        for key, (doc, ordinal, project) in (await load(keys)).items():
+            views[key] = View(json.loads(doc), ordinal, project)
         for key, view in views.items():
             self._cache[key] = view
         return views
@@ -407,41 +326,3 @@ class ViewProjector:
 
 def _key(projection: Projection, event: StoredEvent) -> str:
     return projection.event_key(event) if projection.event_key is not None else projection.key(event.data)
-
-
-async def prepare_views(conn: aiosqlite.Connection) -> None:
-    """The views' tables; a table from before projects gets its project column (the default
-    project: everything written then belongs to it) before the indexes that use it."""
-    columns = {row[1] for row in await conn.execute_fetchall("PRAGMA table_info(views)")}
-    if columns and "project_id" not in columns:
-        await conn.execute(f"ALTER TABLE views ADD COLUMN project_id TEXT NOT NULL DEFAULT '{DEFAULT_PROJECT}'")
-        await conn.commit()
-    await conn.executescript(VIEWS_SCHEMA)
-
-
-async def read_position(conn: aiosqlite.Connection) -> int:
-    rows = list(
-        await conn.execute_fetchall("SELECT position FROM projection_position WHERE name = ?", (POSITION_NAME,))
-    )
-    row = rows[0] if rows else None
-    return int(row[0]) if row else 0
-
-
-async def write_position(conn: aiosqlite.Connection, position: int) -> None:
-    sql, rows = position_statement(position)
-    await conn.execute(sql, rows[0])
-
-
-def position_statement(position: int) -> Statement:
-    return (
-        "INSERT INTO projection_position (name, position) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-        [(POSITION_NAME, position)],
-    )
-
-
-_UPSERT_VIEW = (
-    "INSERT INTO views (kind, id, parent_id, run_id, ordinal, doc, project_id) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (kind, id) DO UPDATE SET parent_id = excluded.parent_id, "
-    "run_id = excluded.run_id, doc = excluded.doc"
-)

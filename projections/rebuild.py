@@ -20,8 +20,9 @@ from typing import Any
 import aiosqlite
 
 from events.records import DEFAULT_PROJECT, StoredEvent
+from events.sqlite_views import prepare_views, read_position, write_changes
 from events.store import open_connection
-from projections.base import View, ViewKey, ViewProjector, prepare_views, read_position, write_position
+from projections.base import View, ViewKey, ViewProjector
 
 __all__ = ["RebuildReport", "fold_log", "rebuild", "verify"]
 
@@ -266,7 +267,7 @@ async def rebuild(
     started = time.perf_counter()
     conn = await open_connection(db_path)
     try:
-        await projector.prepare(conn)
+        await prepare_views(conn, projector.fingerprint)
         await conn.execute("BEGIN IMMEDIATE")
         try:
             head = await _head(conn)
@@ -277,8 +278,8 @@ async def rebuild(
                     progress(head, head)  # the events after the last folded one are not folded at all
                 await conn.execute("DELETE FROM views")
                 # In key order, so the inserts append to the views' primary-key b-tree.
-                await projector.write_views(conn, {k: views[k] for k in sorted(views) if views[k] is not None})
-            await write_position(conn, head)
+                existing = {k: views[k] for k in sorted(views) if views[k] is not None}
+                await write_changes(conn, projector.changes_of(existing, head))
             await conn.execute("COMMIT")
         except BaseException:
             await conn.execute("ROLLBACK")
