@@ -70,6 +70,9 @@ class Projector(Protocol):
     def rollback(self) -> None:
         """The transaction failed: forget pending changes and anything cached from them."""
 
+    def forget(self, events: Sequence[StoredEvent]) -> None:
+        """Events another process committed (a shared log): what is cached of their views is stale."""
+
 
 class EventLog(Protocol):
     @property

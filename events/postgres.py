@@ -28,6 +28,8 @@ from typing import Any
 
 import asyncpg
 
+from events import postgres_views
+from events.log import LoadViews, Projector, ViewKey
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
 from events.store import ConcurrencyError, ForeignStream
 from events.subscriptions import Subscriptions
@@ -74,8 +76,12 @@ class _Append:
 class PostgresEventLog:
     """implements events.log.EventLog over a PostgreSQL database (`dsn`: postgresql://...)."""
 
-    def __init__(self, dsn: str, *, max_batch: int = 2048, pool_size: int = 4) -> None:
+    def __init__(
+        self, dsn: str, *, projector: Projector | None = None, max_batch: int = 2048, pool_size: int = 4
+    ) -> None:
         self.dsn = dsn
+        self.projector = projector
+        self._known = 0  # the last sequence the projector has seen (its cache is good up to here)
         self._max_batch = max_batch
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
@@ -99,10 +105,39 @@ class PostgresEventLog:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(7412)")
             self._head = self._tail = int(await conn.fetchval("SELECT head FROM log_head"))
+            if self.projector is not None:
+                await self._catch_up(conn, self.projector)
         self._listener = await asyncpg.connect(self.dsn)
         await self._listener.add_listener(CHANNEL, self._notified)
         self._writer = asyncio.create_task(self._run_writer(), name="postgres-log-writer")
         self._tailer = asyncio.create_task(self._run_tailer(), name="postgres-log-tailer")
+
+    async def _catch_up(self, conn: Any, projector: Projector) -> None:
+        """Fold what the views have not seen (a new data base, a projection added), under the
+        head's lock so that no append of any process interleaves."""
+        await conn.execute("SELECT pg_advisory_lock(7412)")
+        try:
+            await postgres_views.prepare_views(conn, projector.fingerprint)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(7412)")
+        while True:
+            async with conn.transaction():
+                head = int(await conn.fetchval("SELECT head FROM log_head FOR UPDATE"))
+                position = await postgres_views.read_position(conn)
+                if position >= head:
+                    self._known = head
+                    return
+                rows = await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM events WHERE sequence > $1 ORDER BY sequence LIMIT 10000", position
+                )
+                events = [_event(row) for row in rows]
+                try:
+                    await projector.stage(events, _loader(conn))
+                    await postgres_views.write_changes(conn, projector.changes(events[-1].sequence))
+                except BaseException:
+                    projector.rollback()
+                    raise
+            projector.commit()
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -190,6 +225,12 @@ class PostgresEventLog:
             async with self._pool.acquire() as conn, conn.transaction():
                 head = int(await conn.fetchval("UPDATE log_head SET head = head + $1 RETURNING head", total))
                 sequence = head - total
+                projector = self.projector
+                if projector is not None and sequence > self._known:  # other processes appended since
+                    foreign = await conn.fetch(
+                        f"SELECT {_COLUMNS} FROM events WHERE sequence > $1 AND sequence <= $2", self._known, sequence
+                    )
+                    projector.forget([_event(row) for row in foreign])
                 streams = sorted({req.stream_id for req in pending})
                 known = {
                     row["stream_id"]: (int(row["version"]), row["project_id"])
@@ -220,6 +261,12 @@ class PostgresEventLog:
                             StoredEvent(sequence + i, req.stream_id, current + i, event.type, data_json, now,
                                         event.run_id, SCHEMA_VERSION, event.data, req.request_id, project)
                         )  # fmt: skip
+                    if projector is not None and any(projector.handles(e.type) for e in stored):
+                        try:
+                            await projector.stage(stored, _loader(conn))
+                        except Exception as exc:
+                            req.future.set_exception(exc)
+                            continue
                     rows += [
                         (e.sequence, e.stream_id, e.version, e.type, e.data_json, now, e.run_id, SCHEMA_VERSION,
                          req.request_id, project)
@@ -234,8 +281,12 @@ class PostgresEventLog:
                     await conn.executemany(
                         f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", rows
                     )
+                    if projector is not None:
+                        await postgres_views.write_changes(conn, projector.changes(sequence))
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(sequence))
         except Exception as exc:
+            if self.projector is not None:
+                self.projector.rollback()
             if isolate and len(accepted) > 1:
                 for req, _ in accepted:
                     with contextlib.suppress(Exception):
@@ -245,6 +296,9 @@ class PostgresEventLog:
                 if not req.future.done():
                     req.future.set_exception(exc)
             return
+        self._known = max(self._known, sequence)
+        if self.projector is not None:
+            self.projector.commit()
         if accepted:
             self._head = max(self._head, accepted[-1][1][-1].sequence)
         for req, stored in accepted:
@@ -305,6 +359,13 @@ class PostgresEventLog:
                 self._subscriptions.publish(events)
                 if len(events) < 10_000:
                     break
+
+
+def _loader(conn: Any) -> LoadViews:
+    async def load(keys: list[ViewKey]) -> Any:
+        return await postgres_views.load_views(conn, keys)
+
+    return load
 
 
 def _event(row: Any) -> StoredEvent:

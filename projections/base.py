@@ -305,6 +305,15 @@ class ViewProjector:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
+    def forget(self, events: Sequence[StoredEvent]) -> None:
+        """Events another process committed: what this one holds of their views is stale."""
+        for event in events:
+            streamed = self._streamed.get(event.type)
+            keys = [(streamed, str(event.data["id"]))] if streamed is not None else self.keys_for(event)
+            for key in keys:
+                self._cache.pop(key, None)
+                self._live.pop(key, None)
+
     def rollback(self) -> None:
         self._pending.clear()
         self._pending_live.clear()

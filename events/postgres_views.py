@@ -1,0 +1,88 @@
+"""The views' tables in PostgreSQL: schema, and a projector's change sets written in the append's transaction.
+
+The same rows as SQLite's (events/sqlite_views.py): the object as JSON text exactly as the API
+returns it, its parent, run, list ordinal and project.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from events.log import ViewChanges, ViewKey
+
+__all__ = ["VIEWS_SCHEMA", "load_views", "prepare_views", "read_position", "write_changes"]
+
+POSITION_NAME = "views"
+
+VIEWS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS views (
+    kind       TEXT   NOT NULL,
+    id         TEXT   NOT NULL,
+    parent_id  TEXT,
+    run_id     TEXT,
+    ordinal    BIGINT NOT NULL,
+    doc        TEXT   NOT NULL,
+    project_id TEXT   NOT NULL DEFAULT 'proj_default',
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX IF NOT EXISTS views_list ON views (kind, parent_id, ordinal);
+CREATE INDEX IF NOT EXISTS views_project_top ON views (kind, project_id, ordinal) WHERE parent_id IS NULL;
+CREATE TABLE IF NOT EXISTS projection_position (name TEXT PRIMARY KEY, position BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS projection_shape (name TEXT PRIMARY KEY, fingerprint TEXT NOT NULL);
+"""
+
+_UPSERT = (
+    "INSERT INTO views (kind, id, parent_id, run_id, ordinal, doc, project_id) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+    "ON CONFLICT (kind, id) DO UPDATE SET parent_id = excluded.parent_id, run_id = excluded.run_id, doc = excluded.doc"
+)
+
+
+async def prepare_views(conn: Any, fingerprint: str) -> None:
+    """The tables; views folded by another set of projections are dropped and refolded (position 0)."""
+    await conn.execute(VIEWS_SCHEMA)
+    known = await conn.fetchval("SELECT fingerprint FROM projection_shape WHERE name = $1", POSITION_NAME)
+    if known == fingerprint:
+        return
+    async with conn.transaction():
+        await conn.execute("DELETE FROM views")
+        await _write_position(conn, 0)
+        await conn.execute(
+            "INSERT INTO projection_shape (name, fingerprint) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint",
+            POSITION_NAME,
+            fingerprint,
+        )
+
+
+async def read_position(conn: Any) -> int:
+    value = await conn.fetchval("SELECT position FROM projection_position WHERE name = $1", POSITION_NAME)
+    return int(value or 0)
+
+
+async def load_views(conn: Any, keys: list[ViewKey]) -> Mapping[ViewKey, tuple[str, int, str]]:
+    rows = await conn.fetch(
+        "SELECT v.kind, v.id, v.doc, v.ordinal, v.project_id FROM views v "
+        "JOIN unnest($1::text[], $2::text[]) AS k(kind, id) ON v.kind = k.kind AND v.id = k.id",
+        [k for k, _ in keys],
+        [i for _, i in keys],
+    )
+    return {(row["kind"], row["id"]): (row["doc"], int(row["ordinal"]), row["project_id"]) for row in rows}
+
+
+async def write_changes(conn: Any, changes: ViewChanges) -> None:
+    """Inside the caller's transaction (the append's)."""
+    if changes.upserts:
+        await conn.executemany(_UPSERT, [tuple(row) for row in changes.upserts])
+    if changes.deletes:
+        await conn.executemany("DELETE FROM views WHERE kind = $1 AND id = $2", changes.deletes)
+    await _write_position(conn, changes.position)
+
+
+async def _write_position(conn: Any, position: int) -> None:
+    await conn.execute(
+        "INSERT INTO projection_position (name, position) VALUES ($1, $2) "
+        "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        POSITION_NAME,
+        position,
+    )
