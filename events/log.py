@@ -14,7 +14,7 @@ from typing import NamedTuple, Protocol
 
 from events.records import NewEvent, StoredEvent
 
-__all__ = ["EventLog", "LoadViews", "Projector", "ViewChanges", "ViewKey", "ViewRow"]
+__all__ = ["EventLog", "LoadViews", "Projector", "ViewChanges", "ViewKey", "ViewQueries", "ViewQuery", "ViewRow"]
 
 ViewKey = tuple[str, str]
 """(kind, id) of a view."""
@@ -42,6 +42,48 @@ class ViewChanges(NamedTuple):
 
 LoadViews = Callable[[list[ViewKey]], Awaitable[Mapping[ViewKey, tuple[str, int, str]]]]
 """The store's read of stored views by key: (doc JSON, ordinal, project) of those that exist."""
+
+
+class ViewQuery(NamedTuple):
+    """One page of a list endpoint: a kind under a parent, ordinals strictly between the bounds."""
+
+    kind: str
+    parent_id: str | None
+    run_id: str | None
+    status: str | None
+    project_id: str | None  # None: every project (the server's own read)
+    above: int | None
+    below: int | None
+    ascending: bool
+    limit: int
+
+
+class ViewQueries(Protocol):
+    """The reads of the stored views each backend answers in its own dialect (docs as JSON text,
+    in list order); projections/views.py's ViewReader builds on them."""
+
+    async def get(self, kind: str, view_id: str) -> tuple[str, str] | None:
+        """(doc, project) of one view."""
+
+    async def page(self, query: ViewQuery) -> list[str]: ...
+
+    async def ordinal(self, kind: str, view_id: str, project_id: str | None) -> int | None: ...
+
+    async def select(
+        self,
+        kind: str,
+        project_id: str | None,
+        *,
+        under: tuple[str | None] | None = None,
+        statuses: tuple[str, ...] | None = None,
+        id_suffix: str | None = None,
+    ) -> list[str]:
+        """Every view of a kind, in list order; `under=(parent,)`: only those under that parent
+        (None: top-level ones); `statuses`: whose status is one of them; `id_suffix`: whose id
+        ends with it."""
+
+    async def total(self, kind: str, field: str, project_id: str | None) -> int:
+        """The sum of a numeric top-level field of a kind's views."""
 
 
 class Projector(Protocol):

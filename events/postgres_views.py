@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from events.log import ViewChanges, ViewKey
+from events.log import ViewChanges, ViewKey, ViewQuery
 
-__all__ = ["VIEWS_SCHEMA", "load_views", "prepare_views", "read_position", "write_changes"]
+__all__ = ["VIEWS_SCHEMA", "PostgresViewQueries", "load_views", "prepare_views", "read_position", "write_changes"]
 
 POSITION_NAME = "views"
 
@@ -86,3 +86,70 @@ async def _write_position(conn: Any, position: int) -> None:
         POSITION_NAME,
         position,
     )
+
+
+class PostgresViewQueries:
+    """implements events.log.ViewQueries on a connection pool (docs are JSON text; read as jsonb)."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def get(self, kind: str, view_id: str) -> tuple[str, str] | None:
+        row = await self._pool.fetchrow("SELECT doc, project_id FROM views WHERE kind = $1 AND id = $2", kind, view_id)
+        return (row["doc"], row["project_id"]) if row is not None else None
+
+    async def page(self, query: ViewQuery) -> list[str]:
+        where = ["kind = $1", "parent_id IS NOT DISTINCT FROM $2"]
+        args: list[Any] = [query.kind, query.parent_id]
+        for clause, value in (
+            ("project_id = ${}", query.project_id),
+            ("run_id = ${}", query.run_id),
+            ("(doc::jsonb ->> 'status') = ${}", query.status),
+            ("ordinal > ${}", query.above),
+            ("ordinal < ${}", query.below),
+        ):
+            if value is not None:
+                args.append(value)
+                where.append(clause.format(len(args)))
+        direction = "ASC" if query.ascending else "DESC"
+        args.append(query.limit)
+        sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal {direction} LIMIT ${len(args)}"
+        return [row["doc"] for row in await self._pool.fetch(sql, *args)]
+
+    async def ordinal(self, kind: str, view_id: str, project_id: str | None) -> int | None:
+        sql = "SELECT ordinal FROM views WHERE kind = $1 AND id = $2 AND ($3::text IS NULL OR project_id = $3)"
+        value = await self._pool.fetchval(sql, kind, view_id, project_id)
+        return int(value) if value is not None else None
+
+    async def select(
+        self,
+        kind: str,
+        project_id: str | None,
+        *,
+        under: tuple[str | None] | None = None,
+        statuses: tuple[str, ...] | None = None,
+        id_suffix: str | None = None,
+    ) -> list[str]:
+        where = ["kind = $1"]
+        args: list[Any] = [kind]
+        if under is not None:
+            args.append(under[0])
+            where.append(f"parent_id IS NOT DISTINCT FROM ${len(args)}")
+        if statuses is not None:
+            args.append(list(statuses))
+            where.append(f"(doc::jsonb ->> 'status') = ANY(${len(args)}::text[])")
+        if id_suffix is not None:
+            args.append(id_suffix)
+            where.append(f"right(id, length(${len(args)})) = ${len(args)}")
+        if project_id is not None:
+            args.append(project_id)
+            where.append(f"project_id = ${len(args)}")
+        sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal"
+        return [row["doc"] for row in await self._pool.fetch(sql, *args)]
+
+    async def total(self, kind: str, field: str, project_id: str | None) -> int:
+        sql = (
+            "SELECT COALESCE(SUM((doc::jsonb ->> $2)::numeric), 0) FROM views "
+            "WHERE kind = $1 AND ($3::text IS NULL OR project_id = $3)"
+        )
+        return int(await self._pool.fetchval(sql, kind, field, project_id))

@@ -7,15 +7,17 @@ through `load` and writes each append's `ViewChanges` with the append's own stat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import aiosqlite
 
-from events.log import ViewChanges, ViewKey
+from events.log import ViewChanges, ViewKey, ViewQuery
 from events.records import DEFAULT_PROJECT
 
 __all__ = [
     "POSITION_NAME",
     "VIEWS_SCHEMA",
+    "SqliteViewQueries",
     "Statement",
     "change_statements",
     "load_views",
@@ -147,3 +149,83 @@ _UPSERT_VIEW = (
     "ON CONFLICT (kind, id) DO UPDATE SET parent_id = excluded.parent_id, "
     "run_id = excluded.run_id, doc = excluded.doc"
 )
+
+
+class SqliteViewQueries:
+    """implements events.log.ViewQueries on the reader connection (WAL: beside the writer)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def get(self, kind: str, view_id: str) -> tuple[str, str] | None:
+        rows = list(
+            await self._conn.execute_fetchall(
+                "SELECT doc, project_id FROM views WHERE kind = ? AND id = ?", (kind, view_id)
+            )
+        )
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    async def page(self, query: ViewQuery) -> list[str]:
+        where = ["kind = ?", "parent_id IS ?"]
+        args: list[Any] = [query.kind, query.parent_id]
+        _confine(where, args, query.project_id)
+        if query.run_id is not None:
+            where.append("run_id = ?")
+            args.append(query.run_id)
+        if query.status is not None:
+            where.append("json_extract(doc, '$.status') = ?")
+            args.append(query.status)
+        if query.above is not None:
+            where.append("ordinal > ?")
+            args.append(query.above)
+        if query.below is not None:
+            where.append("ordinal < ?")
+            args.append(query.below)
+        direction = "ASC" if query.ascending else "DESC"
+        sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal {direction} LIMIT ?"
+        return [str(row[0]) for row in await self._conn.execute_fetchall(sql, (*args, query.limit))]
+
+    async def ordinal(self, kind: str, view_id: str, project_id: str | None) -> int | None:
+        where = ["kind = ?", "id = ?"]
+        args: list[Any] = [kind, view_id]
+        _confine(where, args, project_id)
+        rows = list(await self._conn.execute_fetchall(f"SELECT ordinal FROM views WHERE {' AND '.join(where)}", args))
+        return int(rows[0][0]) if rows else None
+
+    async def select(
+        self,
+        kind: str,
+        project_id: str | None,
+        *,
+        under: tuple[str | None] | None = None,
+        statuses: tuple[str, ...] | None = None,
+        id_suffix: str | None = None,
+    ) -> list[str]:
+        where = ["kind = ?"]
+        args: list[Any] = [kind]
+        if under is not None:
+            where.append("parent_id IS ?")
+            args.append(under[0])
+        if statuses is not None:
+            where.append(f"json_extract(doc, '$.status') IN ({','.join('?' for _ in statuses)})")
+            args += statuses
+        if id_suffix is not None:
+            where.append("substr(id, -length(?)) = ?")
+            args += [id_suffix, id_suffix]
+        _confine(where, args, project_id)
+        sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal"
+        return [str(row[0]) for row in await self._conn.execute_fetchall(sql, args)]
+
+    async def total(self, kind: str, field: str, project_id: str | None) -> int:
+        where = ["kind = ?"]
+        args: list[Any] = [kind]
+        _confine(where, args, project_id)
+        sql = f"SELECT COALESCE(SUM(json_extract(doc, ?)), 0) FROM views WHERE {' AND '.join(where)}"
+        rows = list(await self._conn.execute_fetchall(sql, [f"$.{field}", *args]))
+        return int(rows[0][0]) if rows else 0
+
+
+def _confine(where: list[str], args: list[Any], project_id: str | None) -> None:
+    if project_id is not None:
+        where.append("project_id = ?")
+        args.append(project_id)

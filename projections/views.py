@@ -5,17 +5,20 @@ from __future__ import annotations
 import builtins
 import copy
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiosqlite
 import orjson
 
-from events.records import PROJECT
-from events.store import EVENT_COLUMNS, row_to_event
+from events.log import ViewQueries, ViewQuery
+from events.records import PROJECT, StoredEvent
 from projections.base import Doc, ViewProjector
 
 __all__ = ["Page", "UnknownCursor", "ViewReader"]
+
+ReadRun = Callable[..., Awaitable[builtins.list[StoredEvent]]]
+"""The log's `read(run_id=..., limit=...)`."""
 
 
 class UnknownCursor(LookupError):
@@ -53,11 +56,15 @@ class ViewReader:
     Every read is confined to the current request's project (`events.records.PROJECT`):
     another project's object reads exactly as a missing one, in every method, so no route
     can forget the check. Without a project (the server's own work) reads see everything.
+    The queries themselves are the backend's (`events.log.ViewQueries`: SQLite or PostgreSQL).
     """
 
-    def __init__(self, conn: aiosqlite.Connection, projector: ViewProjector | None = None) -> None:
-        self._conn = conn
+    def __init__(
+        self, queries: ViewQueries, projector: ViewProjector | None = None, read_log: ReadRun | None = None
+    ) -> None:
+        self._queries = queries
         self._projector = projector
+        self._read_log = read_log
 
     async def get(self, kind: str, view_id: str) -> Doc | None:
         """One view: from the projector's memory of committed views when it holds it (no query:
@@ -69,15 +76,10 @@ class ViewReader:
                 if view is None or (project is not None and view.project_id != project):
                     return None
                 return (await self._streaming(kind, [_private_copy(view.doc)]))[0]
-        rows = list(
-            await self._conn.execute_fetchall(
-                "SELECT doc, project_id FROM views WHERE kind = ? AND id = ?", (kind, view_id)
-            )
-        )
-        row = rows[0] if rows else None
-        if row is None or (project is not None and row[1] != project):
+        found = await self._queries.get(kind, view_id)
+        if found is None or (project is not None and found[1] != project):
             return None
-        return (await self._streaming(kind, [json.loads(row[0])]))[0]
+        return (await self._streaming(kind, [json.loads(found[0])]))[0]
 
     async def _streaming(self, kind: str, docs: builtins.list[Doc]) -> builtins.list[Doc]:
         projector = self._projector
@@ -87,18 +89,13 @@ class ViewReader:
         for doc in docs:
             if doc.get("status") == "in_progress":
                 live = projector.live_doc(kind, doc["id"])
-                if live is None and doc.get("run_id"):
-                    live = await self._fold_from_log(projector, kind, doc)
+                if live is None and doc.get("run_id") and self._read_log is not None:
+                    events = await self._read_log(run_id=doc["run_id"], limit=100_000_000)
+                    own = (e for e in events if e.data.get("id") == doc["id"])
+                    live = projector.fold_streamed(kind, own)
                 doc = live or doc
             out.append(doc)
         return out
-
-    async def _fold_from_log(self, projector: ViewProjector, kind: str, doc: Doc) -> Doc | None:
-        sql = (
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE run_id = ? AND json_extract(data, '$.id') = ? ORDER BY sequence"
-        )
-        rows = await self._conn.execute_fetchall(sql, (doc["run_id"], doc["id"]))
-        return projector.fold_streamed(kind, (row_to_event(row) for row in rows))
 
     async def list(
         self,
@@ -117,85 +114,59 @@ class ViewReader:
         `after` gives the items that follow the cursor in the requested order; `before`
         the ones that precede it, nearest first, returned in the requested order.
         """
-        where = ["kind = ?", "parent_id IS ?"]
-        args: list[Any] = [kind, parent_id]
-        _confine(where, args)
-        if run_id is not None:
-            where.append("run_id = ?")
-            args.append(run_id)
-        if status is not None:
-            where.append("json_extract(doc, '$.status') = ?")
-            args.append(status)
         ascending = order == "asc"
+        above: int | None = None  # ordinals strictly between these
+        below: int | None = None
         if after is not None:
             ordinal = await self._ordinal(kind, after, "after")
-            where.append("ordinal > ?" if ascending else "ordinal < ?")
-            args.append(ordinal)
+            above, below = (ordinal, below) if ascending else (above, ordinal)
         if before is not None:
             ordinal = await self._ordinal(kind, before, "before")
-            where.append("ordinal < ?" if ascending else "ordinal > ?")
-            args.append(ordinal)
+            above, below = (above, ordinal) if ascending else (ordinal, below)
         # Paging backwards from `before` walks the other way and flips the page back.
         walk_ascending = ascending if before is None or after is not None else not ascending
-        direction = "ASC" if walk_ascending else "DESC"
-        sql = f"SELECT doc FROM views WHERE {' AND '.join(where)} ORDER BY ordinal {direction} LIMIT ?"
-        rows = builtins.list(await self._conn.execute_fetchall(sql, (*args, limit + 1)))
-        docs = await self._streaming(kind, [json.loads(row[0]) for row in rows[:limit]])
+        query = ViewQuery(
+            kind=kind,
+            parent_id=parent_id,
+            run_id=run_id,
+            status=status,
+            project_id=PROJECT.get(),
+            above=above,
+            below=below,
+            ascending=walk_ascending,
+            limit=limit + 1,
+        )
+        rows = await self._queries.page(query)
+        docs = await self._streaming(kind, [json.loads(doc) for doc in rows[:limit]])
         if walk_ascending != ascending:
             docs.reverse()
         return Page(docs, has_more=len(rows) > limit)
 
     async def _ordinal(self, kind: str, view_id: str, param: str) -> int:
-        where = ["kind = ?", "id = ?"]
-        args: list[Any] = [kind, view_id]
-        _confine(where, args)
-        rows = list(await self._conn.execute_fetchall(f"SELECT ordinal FROM views WHERE {' AND '.join(where)}", args))
-        row = rows[0] if rows else None
-        if row is None:
+        ordinal = await self._queries.ordinal(kind, view_id, PROJECT.get())
+        if ordinal is None:
             raise UnknownCursor(param, view_id)
-        return int(row[0])
+        return ordinal
 
     async def exists(self, kind: str, view_id: str) -> bool:
-        return bool(await self._select(["kind = ?", "id = ?"], [kind, view_id], "1"))
+        return await self._queries.ordinal(kind, view_id, PROJECT.get()) is not None
 
     async def find(self, kind: str, parent_id: str | None, statuses: tuple[str, ...]) -> builtins.list[Doc]:
         """Views of a kind under a parent whose status is one of `statuses` (e.g. active runs)."""
-        marks = ",".join("?" for _ in statuses)
-        where = ["kind = ?", "parent_id IS ?", f"json_extract(doc, '$.status') IN ({marks})"]
-        rows = await self._select(where, [kind, parent_id, *statuses])
-        return await self._streaming(kind, [json.loads(row[0]) for row in rows])
+        docs = await self._queries.select(kind, PROJECT.get(), under=(parent_id,), statuses=statuses)
+        return await self._streaming(kind, [json.loads(doc) for doc in docs])
 
     async def with_id_suffix(self, kind: str, suffix: str) -> builtins.list[Doc]:
         """Views whose composite id ends with `suffix` (a file's entries in every vector store)."""
-        rows = await self._select(["kind = ?", "substr(id, -length(?)) = ?"], [kind, suffix, suffix])
-        return [json.loads(row[0]) for row in rows]
+        return [json.loads(doc) for doc in await self._queries.select(kind, PROJECT.get(), id_suffix=suffix)]
 
     async def all_of_kind(self, kind: str, statuses: tuple[str, ...]) -> builtins.list[Doc]:
-        marks = ",".join("?" for _ in statuses)
-        rows = await self._select(["kind = ?", f"json_extract(doc, '$.status') IN ({marks})"], [kind, *statuses])
-        return await self._streaming(kind, [json.loads(row[0]) for row in rows])
+        docs = await self._queries.select(kind, PROJECT.get(), statuses=statuses)
+        return await self._streaming(kind, [json.loads(doc) for doc in docs])
 
-    async def total(self, kind: str, path: str) -> int:
-        """The sum of a numeric field over a kind's views (a project's file bytes)."""
-        where = ["kind = ?"]
-        args: list[Any] = [kind]
-        _confine(where, args)
-        sql = f"SELECT COALESCE(SUM(json_extract(doc, ?)), 0) FROM views WHERE {' AND '.join(where)}"
-        rows = list(await self._conn.execute_fetchall(sql, [path, *args]))
-        return int(rows[0][0]) if rows else 0
-
-    async def _select(self, where: builtins.list[str], args: builtins.list[Any], columns: str = "doc") -> Any:
-        _confine(where, args)
-        sql = f"SELECT {columns} FROM views WHERE {' AND '.join(where)} ORDER BY ordinal"
-        return list(await self._conn.execute_fetchall(sql, args))
-
-
-def _confine(where: builtins.list[str], args: builtins.list[Any]) -> None:
-    """Add the current project to a query's conditions (nothing for the server's own reads)."""
-    project = PROJECT.get()
-    if project is not None:
-        where.append("project_id = ?")
-        args.append(project)
+    async def total(self, kind: str, field: str) -> int:
+        """The sum of a numeric top-level field over a kind's views (a project's file bytes)."""
+        return await self._queries.total(kind, field, PROJECT.get())
 
 
 def _private_copy(doc: Doc) -> Doc:

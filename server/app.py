@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from events.compaction import compact_periodically
+from events.sqlite_views import SqliteViewQueries
 from events.store import EventStore, ForeignStream
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
@@ -136,7 +137,7 @@ def create_app(settings: Settings) -> Starlette:
             )
             opened.push_async_callback(store.close)
             await store.open()
-            views = ViewReader(store.reader, projector)
+            views = ViewReader(SqliteViewQueries(store.reader), projector, store.read)
             manager = RunManager(
                 store, views, providers, run_timeout_s=settings.run_timeout_s, log_content=settings.log_content
             )

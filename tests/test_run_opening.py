@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from events.records import NewEvent, StoredEvent
+from events.sqlite_views import SqliteViewQueries
 from events.store import ConcurrencyError, EventStore
 from projections import build_projector
 from projections.views import ViewReader
@@ -36,7 +37,7 @@ async def parts(tmp_path: Path, upstream: RunningUpstream) -> AsyncIterator[tupl
     projector = store.projector
     assert projector is not None
     providers = ProviderRegistry.from_settings({ENV_BASE_URL: upstream.base_url}, None)
-    manager = RunManager(store, ViewReader(store.reader, projector), providers)  # type: ignore[arg-type]
+    manager = RunManager(store, ViewReader(SqliteViewQueries(store.reader), projector, store.read), providers)  # type: ignore[arg-type]
     try:
         yield store, manager
     finally:

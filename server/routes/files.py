@@ -77,7 +77,7 @@ async def upload_file(request: Request) -> JSONResponse:
             raise bad_request("expires_after[seconds] must be between 3600 and 2592000.", "expires_after")
         expires_at = int(time.time()) + int(seconds)
     quota = svc.directory.current().max_file_storage_bytes if svc.directory is not None else None
-    room = None if quota is None else quota - await svc.views.total("file", "$.bytes")
+    room = None if quota is None else quota - await svc.views.total("file", "bytes")
     file_id = new_id("file-")
     svc.settings.files_dir.mkdir(parents=True, exist_ok=True)
     final = file_path(svc, file_id)

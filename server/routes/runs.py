@@ -320,11 +320,8 @@ async def stream_run_events(request: Request) -> Response:
 
 async def _deleted_messages(svc: Services, run_id: str) -> frozenset[str]:
     """Ids of the run's messages deleted since: a replay must not serve their text again."""
-    rows = await svc.store.reader.execute_fetchall(
-        "SELECT DISTINCT json_extract(data, '$.id') FROM events WHERE run_id = ? AND type = 'thread.message.created'",
-        (run_id,),
-    )
-    ids = [str(row[0]) for row in rows if row[0] is not None]
+    events = await svc.store.read(run_id=run_id, limit=100_000_000)
+    ids = dict.fromkeys(str(e.data["id"]) for e in events if e.type == "thread.message.created")
     return frozenset([i for i in ids if not await svc.views.exists("message", i)])
 
 
