@@ -153,3 +153,6 @@ class EventLog(Protocol):
 
     async def probe_write(self) -> None:
         """Raises if the log cannot take writes now."""
+
+    def view_queries(self) -> ViewQueries:
+        """The reads of the views, on this log's own connections (once open)."""

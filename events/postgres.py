@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +77,17 @@ class PostgresEventLog:
     """implements events.log.EventLog over a PostgreSQL database (`dsn`: postgresql://...)."""
 
     def __init__(
-        self, dsn: str, *, projector: Projector | None = None, max_batch: int = 2048, pool_size: int = 4
+        self,
+        dsn: str,
+        *,
+        projector: Projector | None = None,
+        max_batch: int = 2048,
+        pool_size: int = 4,
+        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
+        """`on_commit(events, seconds)` is told of each committed transaction (for metrics)."""
         self.dsn = dsn
+        self._on_commit = on_commit
         self.projector = projector
         self._known = 0  # the last sequence the projector has seen (its cache is good up to here)
         self._max_batch = max_batch
@@ -160,6 +168,10 @@ class PostgresEventLog:
     def head(self) -> int:
         return max(self._head, self._tail)
 
+    def view_queries(self) -> postgres_views.PostgresViewQueries:
+        assert self._pool is not None, "event log is not open"
+        return postgres_views.PostgresViewQueries(self._pool)
+
     # -- writing ---------------------------------------------------------------------------
 
     async def append(
@@ -221,6 +233,7 @@ class PostgresEventLog:
         now = round(time.time(), 3)
         total = sum(len(req.events) for req in pending)
         accepted: list[tuple[_Append, list[StoredEvent]]] = []
+        started = time.perf_counter()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 head = int(await conn.fetchval("UPDATE log_head SET head = head + $1 RETURNING head", total))
@@ -299,6 +312,8 @@ class PostgresEventLog:
         self._known = max(self._known, sequence)
         if self.projector is not None:
             self.projector.commit()
+        if self._on_commit is not None and accepted:
+            self._on_commit(sum(len(stored) for _, stored in accepted), time.perf_counter() - started)
         if accepted:
             self._head = max(self._head, accepted[-1][1][-1].sequence)
         for req, stored in accepted:

@@ -23,7 +23,14 @@ import aiosqlite
 
 from events.log import LoadViews, Projector, ViewKey
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
-from events.sqlite_views import Statement, change_statements, load_views, prepare_views, read_position
+from events.sqlite_views import (
+    SqliteViewQueries,
+    Statement,
+    change_statements,
+    load_views,
+    prepare_views,
+    read_position,
+)
 from events.subscriptions import Subscriptions
 
 __all__ = [
@@ -269,6 +276,10 @@ class EventStore:
     def head(self) -> int:
         """Sequence of the last committed event (0 for an empty log)."""
         return self._head
+
+    def view_queries(self) -> SqliteViewQueries:
+        """The views' reads, on the reader connection."""
+        return SqliteViewQueries(self.reader)
 
     @property
     def reader(self) -> aiosqlite.Connection:

@@ -17,11 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from events.compaction import compact_periodically
-from events.sqlite_views import SqliteViewQueries
-from events.store import EventStore, ForeignStream
+from events.store import ForeignStream
 from projections import build_projector
 from projections.views import UnknownCursor, ViewReader
-from server import __version__, metrics, tracing
+from server import __version__, metrics, storage, tracing
 from server.builtins import Builtins
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
@@ -81,7 +80,7 @@ def startup_line(svc: Services, providers: ProviderRegistry) -> str:
     auth = f"on ({keys} key{'s' if keys != 1 else ''})" if keys else "off"
     return (
         f"Threadlog {__version__} serving the API at {root}/v1 and the playground at {root}/playground; "
-        f"data dir {settings.data_dir.resolve()} (SQLite event log, {settings.sqlite_synchronous}); "
+        f"data dir {settings.data_dir.resolve()} ({storage.describe(settings)}); "
         f"upstreams: {upstreams or 'none configured'}; "
         f"code_interpreter: {'sandboxed' if sandbox is None else 'unavailable (' + str(sandbox) + ')'}; "
         f"auth: {auth}; traces: {'OTLP' if tracing.ENABLED else 'off'}"
@@ -129,15 +128,10 @@ def create_app(settings: Settings) -> Starlette:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             opened.callback(_lock_data_dir(settings).close)
             projector = build_projector()
-            store = EventStore(
-                settings.db_path,
-                synchronous=settings.sqlite_synchronous,
-                projector=projector,
-                on_commit=metrics.observe_commit,
-            )
+            store = storage.event_log(settings, projector, metrics.observe_commit)
             opened.push_async_callback(store.close)
             await store.open()
-            views = ViewReader(SqliteViewQueries(store.reader), projector, store.read)
+            views = ViewReader(storage.view_queries(store), projector, store.read)
             manager = RunManager(
                 store, views, providers, run_timeout_s=settings.run_timeout_s, log_content=settings.log_content
             )

@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--providers", type=Path, default=None, help="providers TOML file")
     serve.add_argument("--synchronous", choices=["NORMAL", "FULL"], default=None, help="SQLite durability mode")
     serve.add_argument(
+        "--database-url", default=None, help="postgresql://...: the event log in PostgreSQL (THREADLOG_DATABASE_URL)"
+    )
+    serve.add_argument(
         "--grace-seconds",
         type=float,
         default=None,
@@ -186,6 +189,7 @@ def _serve(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             providers_file=args.providers,
             sqlite_synchronous=args.synchronous,
+            database_url=args.database_url,
             grace_s=args.grace_seconds,
             log_content=args.log_content,
         )

@@ -45,6 +45,7 @@ class Settings:
     disk_reserve_mb: int = 512
     allow_unsandboxed_code: bool = False
     lancedb_uri: str | None = None
+    database_url: str | None = None  # postgresql://...: the event log and views in PostgreSQL
 
     @property
     def db_path(self) -> Path:
@@ -97,6 +98,7 @@ class Settings:
             ),
             "allow_unsandboxed_code": env.get("THREADLOG_ALLOW_UNSANDBOXED_CODE", "") in ("1", "true", "yes"),
             "lancedb_uri": env.get("THREADLOG_LANCEDB_URI") or None,
+            "database_url": env.get("THREADLOG_DATABASE_URL") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]

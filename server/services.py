@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from events.store import EventStore
+from events.log import EventLog
 from projections.views import ViewReader
 from server.config import Settings
 from server.errors import APIError, bad_request, not_found
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 @dataclass
 class Services:
     settings: Settings
-    store: EventStore
+    store: EventLog
     views: ViewReader
     runs: RunManager | None = None
     extras: dict[str, Any] = field(default_factory=dict)

@@ -8,8 +8,8 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message, Send
 
+from events.log import EventLog
 from events.records import RUN_END_TYPES, StoredEvent, encode
-from events.store import EventStore
 from server import metrics
 
 __all__ = ["OPENAI_STREAM_EVENTS", "encode_item", "run_stream", "run_stream_response", "without_content"]
@@ -59,7 +59,7 @@ OPENAI_STREAM_EVENTS = frozenset(
 
 
 async def run_stream(
-    store: EventStore,
+    store: EventLog,
     run_id: str,
     *,
     after: int,
@@ -100,7 +100,7 @@ async def run_stream(
 
 
 def run_stream_response(
-    store: EventStore,
+    store: EventLog,
     run_id: str,
     *,
     after: int,

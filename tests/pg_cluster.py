@@ -12,15 +12,17 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from tests.serverproc import free_port
 
-__all__ = ["PostgresCluster", "postgres_binaries"]
+__all__ = ["PostgresCluster", "cluster", "postgres_binaries"]
 
 
 def postgres_binaries() -> Path | None:
@@ -108,3 +110,15 @@ def _demoted(root: Path) -> Callable[[], None] | None:
         os.setuid(user.pw_uid)
 
     return demote
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[PostgresCluster]:
+    """One private cluster for the whole session; each test takes a fresh database of it."""
+    root = Path(tempfile.mkdtemp(prefix="threadlog-pg-"))  # under /tmp: the postgres user can reach it
+    running = PostgresCluster(root).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -5,9 +5,7 @@ appends from two processes commit in sequence order, and readers of one see the 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +15,12 @@ import pytest
 from events.postgres import PostgresEventLog
 from events.records import PROJECT, NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore, ForeignStream
-from tests.pg_cluster import PostgresCluster, postgres_binaries
+from tests.pg_cluster import PostgresCluster, cluster, postgres_binaries  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.skipif(
     postgres_binaries() is None and not __import__("os").environ.get("CI"),
     reason="PostgreSQL server binaries are missing (scripts/install --test installs them)",
 )
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    root = Path(tempfile.mkdtemp(prefix="threadlog-pg-"))  # under /tmp: the postgres user can reach it
-    running = PostgresCluster(root).start()
-    try:
-        yield running
-    finally:
-        running.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -15,8 +15,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from events.log import EventLog
 from events.records import RUN_END_TYPES, NewEvent, StoredEvent
-from events.store import ConcurrencyError, EventStore
+from events.store import ConcurrencyError
 from projections.views import ViewReader
 from server import metrics, tracing
 from server.providers import Provider, ProviderRegistry
@@ -53,7 +54,7 @@ class _RunLog:
     MAX_PENDING = 512  # the engine waits when this many events are not yet committed
 
     def __init__(
-        self, store: EventStore, stream_id: str, opening: asyncio.Future[list[StoredEvent]] | None = None
+        self, store: EventLog, stream_id: str, opening: asyncio.Future[list[StoredEvent]] | None = None
     ) -> None:
         self.store = store
         self.stream_id = stream_id
@@ -167,7 +168,7 @@ class CannotCancel(Exception):
 class RunManager:
     def __init__(
         self,
-        store: EventStore,
+        store: EventLog,
         views: ViewReader,
         providers: ProviderRegistry,
         builtins: BuiltinTools | None = None,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from events.store import EventStore
+from events.log import EventLog
 from projections.views import ViewReader
 from server.completion_chunks import Chunk, ChunkChoice, ChunkDelta, ChunkFunction, ChunkToolCall, ChunkUsage
 from server.completions import UpstreamError
@@ -71,7 +71,7 @@ class Recording:
         yield Chunk(None, None, [ChunkChoice(0, ChunkDelta(), finish_reason=finish)], usage=usage)
 
 
-async def load_recording(store: EventStore, views: ViewReader, run: dict[str, Any]) -> Recording | None:
+async def load_recording(store: EventLog, views: ViewReader, run: dict[str, Any]) -> Recording | None:
     """The recorded turns of `run` (None: it ran before Threadlog recorded model turns)."""
     events = await store.read(run_id=run["id"], limit=10_000_000)
     turns = []
@@ -100,7 +100,7 @@ async def load_recording(store: EventStore, views: ViewReader, run: dict[str, An
     return Recording(run["id"], turns)
 
 
-async def resumed_recording(store: EventStore, views: ViewReader, run: dict[str, Any]) -> Recording | None:
+async def resumed_recording(store: EventLog, views: ViewReader, run: dict[str, Any]) -> Recording | None:
     """For a recorded re-run that paused for tool outputs: its recording, at the turn it reached.
 
     Read from the log each time (the `threadlog.run.rerun` record and the turns the re-run has

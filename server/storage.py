@@ -1,0 +1,46 @@
+"""Which event log the server runs on: the one place that knows there are two.
+
+Without THREADLOG_DATABASE_URL (`--database-url`): SQLite in the data dir, the embedded default.
+With `postgresql://…`: PostgreSQL, which several server processes can share. Everything else
+talks to `events.log.EventLog` and `events.log.ViewQueries`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from events.log import ViewQueries
+from events.store import EventStore
+from projections.base import ViewProjector
+from server.config import Settings
+
+__all__ = ["describe", "event_log", "view_queries"]
+
+
+def event_log(settings: Settings, projector: ViewProjector, on_commit: Callable[[int, float], None] | None) -> Any:
+    """The log the settings name, not yet opened."""
+    if settings.database_url:
+        if not settings.database_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"THREADLOG_DATABASE_URL must be a postgresql:// URL, not {settings.database_url!r}")
+        if settings.compact_older_than_s is not None:
+            raise ValueError("THREADLOG_COMPACT_OLDER_THAN works on the SQLite log only (not with PostgreSQL yet)")
+        from events.postgres import PostgresEventLog  # asyncpg only where PostgreSQL is used
+
+        return PostgresEventLog(settings.database_url, projector=projector, on_commit=on_commit)
+    return EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=projector,
+                      on_commit=on_commit)  # fmt: skip
+
+
+def view_queries(log: Any) -> ViewQueries:
+    """The reads of the views, on the opened log's own connections."""
+    queries: ViewQueries = log.view_queries()
+    return queries
+
+
+def describe(settings: Settings) -> str:
+    """For the startup line."""
+    if settings.database_url:
+        host = settings.database_url.split("@")[-1].split("?")[0]  # no credentials in logs
+        return f"PostgreSQL event log at {host}"
+    return f"SQLite event log, {settings.sqlite_synchronous}"
