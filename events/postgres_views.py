@@ -153,3 +153,40 @@ class PostgresViewQueries:
             "WHERE kind = $1 AND ($3::text IS NULL OR project_id = $3)"
         )
         return int(await self._pool.fetchval(sql, kind, field, project_id))
+
+
+async def snapshot_for_verify(dsn: str) -> tuple[Any, int, dict[ViewKey, tuple[int, Any, str]]]:
+    """For `threadlog replay --verify`: one repeatable-read snapshot of the views and their
+    position, and the log's events up to it (an async iterator of batches over that snapshot)."""
+    import json
+
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    transaction = conn.transaction(isolation="repeatable_read", readonly=True)
+    await transaction.start()
+    position = await read_position(conn)
+    rows = await conn.fetch("SELECT kind, id, ordinal, doc, project_id FROM views")
+    live = {(r["kind"], r["id"]): (int(r["ordinal"]), json.loads(r["doc"]), r["project_id"]) for r in rows}
+
+    async def batches() -> Any:
+        from events.postgres import _COLUMNS, _event
+
+        after = 0
+        try:
+            while True:
+                found = await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM events WHERE sequence > $1 AND sequence <= $2 "
+                    "ORDER BY sequence LIMIT 10000",
+                    after,
+                    position,
+                )
+                if not found:
+                    return
+                yield [_event(row) for row in found]
+                after = int(found[-1]["sequence"])
+        finally:
+            await transaction.rollback()
+            await conn.close()
+
+    return batches(), position, live

@@ -11,7 +11,7 @@ import asyncio
 import gc
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ from events.sqlite_views import prepare_views, read_position, write_changes
 from events.store import open_connection
 from projections.base import View, ViewKey, ViewProjector
 
-__all__ = ["RebuildReport", "fold_log", "rebuild", "verify"]
+__all__ = ["RebuildReport", "fold_log", "rebuild", "verify", "verify_stream"]
 
 
 @dataclass(frozen=True)
@@ -313,6 +313,27 @@ async def verify(
             await conn.execute("COMMIT")
     finally:
         await conn.close()
+    difference = _first_difference(rebuilt, live)
+    return RebuildReport(count, len(rebuilt), position, time.perf_counter() - started, difference)
+
+
+async def verify_stream(
+    batches: AsyncIterator[list[StoredEvent]],
+    live: Mapping[ViewKey, tuple[int, Any, str]],
+    projector: ViewProjector,
+    position: int,
+) -> RebuildReport:
+    """Any backend's verify: fold every event (no shortcuts) and compare with the live views,
+    `(ordinal, doc, project)` by key, as of `position`."""
+    started = time.perf_counter()
+    views: dict[ViewKey, View | None] = {}
+    count = 0
+    with _gc_paused():
+        async for batch in batches:
+            for event in batch:
+                projector.fold_event(event, views, views.get)
+            count += len(batch)
+    rebuilt = {k: v for k, v in views.items() if v is not None}
     difference = _first_difference(rebuilt, live)
     return RebuildReport(count, len(rebuilt), position, time.perf_counter() - started, difference)
 

@@ -11,6 +11,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from server import __version__
 from server.config import ConfigError, Settings, data_dir_from_env, parse_duration
@@ -320,6 +321,25 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _verify_postgres(dsn: str) -> Any:
+    from events.postgres_views import snapshot_for_verify
+    from projections import build_projector
+    from projections.rebuild import verify_stream
+
+    batches, position, live = await snapshot_for_verify(dsn)
+    return await verify_stream(batches, live, build_projector(), position)
+
+
+def _print_verified(report: Any) -> int:
+    rate = f"{report.events_per_second:,.0f} events/s"
+    print(f"replayed {report.events} events up to sequence {report.position} into {report.views} views ({rate})")
+    if report.difference:
+        print(f"MISMATCH: {report.difference}")
+        return 1
+    print("OK: rebuilt views equal the live views")
+    return 0
+
+
 def _replay_progress(position: int, head: int) -> None:
     share = f" ({position / head:.0%})" if head else ""
     print(f"replayed up to sequence {position:,} of {head:,}{share}", file=sys.stderr, flush=True)
@@ -329,20 +349,19 @@ def _replay(args: argparse.Namespace) -> int:
     from projections import build_projector
     from projections.rebuild import rebuild, verify
 
+    database_url = os.environ.get("THREADLOG_DATABASE_URL")
+    if database_url:
+        if not args.verify:
+            print("threadlog: replay rebuilds SQLite views only; with PostgreSQL use --verify", file=sys.stderr)
+            return 2
+        return _print_verified(asyncio.run(_verify_postgres(database_url)))
     data_dir = _data_dir(args.data_dir)
     db_path = data_dir / "threadlog.sqlite"
     if not db_path.exists():
         print(f"threadlog: no event log at {db_path}", file=sys.stderr)
         return 2
     if args.verify:
-        report = asyncio.run(verify(db_path, build_projector(), _replay_progress))
-        rate = f"{report.events_per_second:,.0f} events/s"
-        print(f"replayed {report.events} events up to sequence {report.position} into {report.views} views ({rate})")
-        if report.difference:
-            print(f"MISMATCH: {report.difference}")
-            return 1
-        print("OK: rebuilt views equal the live views")
-        return 0
+        return _print_verified(asyncio.run(verify(db_path, build_projector(), _replay_progress)))
     with open(data_dir / "threadlog.lock", "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -32,3 +32,22 @@ def client(server: ServerProcess) -> OpenAI:
 
 # Run tests' fixtures (fake upstream, server process against it, SDK, assistant).
 pytest_plugins = ["tests.runs_fixtures"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: reads the SQLite file or runs SQLite-only tooling (backup, compact, replay rebuild)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With THREADLOG_TEST_BACKEND=postgres every server keeps its log in PostgreSQL; the tests
+    of SQLite's own files and tools do not apply there."""
+    from tests.serverproc import BACKEND
+
+    if BACKEND != "postgres":
+        return
+    skip = pytest.mark.skip(reason="SQLite-only: this backend run keeps the log in PostgreSQL")
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(skip)

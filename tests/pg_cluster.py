@@ -122,3 +122,38 @@ def cluster() -> Iterator[PostgresCluster]:
     finally:
         running.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+_SHARED: PostgresCluster | None = None
+
+
+def shared_database() -> str:
+    """A fresh database in the session's one cluster (started on first use, stopped at exit)."""
+    global _SHARED
+    if _SHARED is None:
+        import atexit
+
+        root = Path(tempfile.mkdtemp(prefix="threadlog-pg-"))
+        _SHARED = PostgresCluster(root).start()
+        atexit.register(lambda: (_SHARED.stop() if _SHARED else None, shutil.rmtree(root, ignore_errors=True)))
+    import asyncio
+
+    return asyncio.run(_SHARED.new_database()) if not _in_loop() else _new_database_in_thread(_SHARED)
+
+
+def _in_loop() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _new_database_in_thread(running: PostgresCluster) -> str:
+    import asyncio
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(running.new_database())).result()

@@ -18,7 +18,33 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["ServerProcess", "free_port", "run_cli"]
+__all__ = ["BACKEND", "ServerProcess", "free_port", "run_cli"]
+
+BACKEND = os.environ.get("THREADLOG_TEST_BACKEND", "sqlite")
+"""`postgres`: every server the tests start keeps its log in PostgreSQL (a database per data dir, in
+one private cluster for the session), so the whole suite runs against that backend too."""
+
+_DATABASES: dict[Path, str] = {}
+
+
+def _cli_backend_env(argv: tuple[str, ...]) -> dict[str, str]:
+    """A CLI run on a data dir whose server kept its log in PostgreSQL reads that database."""
+    if BACKEND != "postgres" or "--data-dir" not in argv:
+        return {}
+    known = _DATABASES.get(Path(argv[argv.index("--data-dir") + 1]).resolve())
+    return {"THREADLOG_DATABASE_URL": known} if known else {}
+
+
+def _backend_env(data_dir: Path) -> dict[str, str]:
+    if BACKEND != "postgres":
+        return {}
+    from tests import pg_cluster
+
+    key = data_dir.resolve()
+    if key not in _DATABASES:  # a restart on the same data dir finds the same database
+        _DATABASES[key] = pg_cluster.shared_database()
+    return {"THREADLOG_DATABASE_URL": _DATABASES[key]}
+
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +58,7 @@ def run_cli(*argv: str, timeout: float = 120, env: Mapping[str, str] | None = No
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **_cli_backend_env(argv), **(env or {})},
     )
 
 
@@ -70,6 +96,7 @@ class ServerProcess:
             **os.environ,
             "THREADLOG_GRACE_SECONDS": "0",
             "THREADLOG_UPSTREAM_BASE_URL": "http://127.0.0.1:9/v1",
+            **_backend_env(self.data_dir),
             **self.env,
         }
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"

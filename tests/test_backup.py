@@ -19,7 +19,7 @@ from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, StreamingRuns, upstream_env
 from tests.serverproc import ServerProcess, run_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.sqlite_only, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def _last_run_statuses(db: Path) -> dict[str, str]:

@@ -94,6 +94,7 @@ def test_memory_bomb_ends_its_call_with_a_clear_message(client: OpenAI, coder: A
     assert _logs(after).strip() == "alive"
 
 
+@pytest.mark.sqlite_only
 def test_server_data_dir_and_keys_are_invisible(client: OpenAI, coder: Any, limited_server: ServerProcess) -> None:
     data_dir = limited_server.data_dir.resolve()
     assert (data_dir / "threadlog.sqlite").exists()

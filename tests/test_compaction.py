@@ -18,7 +18,7 @@ from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, message_value, read_sse, upstream_env, wait_for
 from tests.serverproc import ServerProcess, run_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.sqlite_only, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
 

@@ -15,7 +15,7 @@ from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, message_value, read_sse, upstream_env
 from tests.serverproc import ServerProcess, run_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.sqlite_only, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def _events(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:

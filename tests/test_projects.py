@@ -262,6 +262,7 @@ def test_legacy_keys_act_in_the_default_project(server: ServerProcess, world: di
 # -- the admin API through the SDK -------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_admin_api_through_the_sdk(server: ServerProcess, admin: OpenAI) -> None:
     org = admin.admin.organization
     project = org.projects.create(name="gamma")
@@ -499,6 +500,7 @@ def test_usage_per_project_and_model_from_the_log(server: ServerProcess, admin: 
     assert legacy.beta.assistants.list().object == "list"
 
 
+@pytest.mark.sqlite_only
 def test_the_log_replays_to_the_same_views(server: ServerProcess, world: dict[str, Any]) -> None:
     """Everything this module did (projects, keys, limits, usage, objects of several projects)
     folds from the log to exactly the live views, projects included (run last: module order)."""

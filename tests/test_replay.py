@@ -24,7 +24,7 @@ from projections import build_projector
 from projections.rebuild import rebuild, verify
 from tests.serverproc import ServerProcess, run_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.sqlite_only, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 def dump_views(db_path: Path) -> list[tuple[Any, ...]]:

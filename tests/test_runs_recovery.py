@@ -4,7 +4,6 @@ restart it on the same data, and check each run is settled; then `threadlog repl
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from tests.runs_fixtures import (
     wait_for,
     wait_run,
 )
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -46,12 +45,7 @@ def _assistant(client: OpenAI) -> Any:
 
 
 def _replay_verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "server.cli", "replay", "--data-dir", str(data_dir), "--verify"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli("replay", "--data-dir", str(data_dir), "--verify")
 
 
 def test_kill9_recovery(upstream: RunningUpstream, tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ from server.fake_upstream import RunningUpstream
 from tests.runs_fixtures import MODEL, message_value, start_server
 from tests.serverproc import run_cli
 
+pytestmark = pytest.mark.sqlite_only
+
 pytest.importorskip("lancedb")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data-previous-release.tar.gz"
