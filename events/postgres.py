@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -33,6 +32,7 @@ from events.log import LoadViews, Projector, ViewKey
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
 from events.store import ConcurrencyError, ForeignStream
 from events.subscriptions import Subscriptions
+from events.writer import PendingAppend, run_writer
 
 __all__ = ["CHANNEL", "PostgresEventLog"]
 
@@ -63,16 +63,6 @@ INSERT INTO log_head (only_row, head) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
 _COLUMNS = "sequence, stream_id, version, type, data, created_at, run_id, schema_version, request_id, project_id"
 
 
-@dataclass(eq=False)
-class _Append:
-    stream_id: str
-    events: Sequence[NewEvent]
-    expected_version: int | None
-    future: asyncio.Future[list[StoredEvent]]
-    request_id: str | None
-    project_id: str | None
-
-
 class PostgresEventLog:
     """implements events.log.EventLog over a PostgreSQL database (`dsn`: postgresql://...)."""
 
@@ -94,7 +84,7 @@ class PostgresEventLog:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
-        self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[PendingAppend | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._tailer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -187,7 +177,9 @@ class PostgresEventLog:
         if self._writer is None:
             raise RuntimeError("event log is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get()))
+        self._queue.put_nowait(
+            PendingAppend(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get())
+        )
         return future
 
     async def probe_write(self) -> None:
@@ -202,29 +194,9 @@ class PostgresEventLog:
         )
 
     async def _run_writer(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            try:
-                await self._commit(batch, isolate=True)
-            except Exception as exc:  # never let one bad batch kill the writer
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(exc)
+        await run_writer(self._queue, lambda batch: self._commit(batch, isolate=True), self._max_batch)
 
-    async def _commit(self, batch: list[_Append], *, isolate: bool) -> None:
+    async def _commit(self, batch: list[PendingAppend], *, isolate: bool) -> None:
         """Commit the batch's appends in one transaction; if it fails, each on its own."""
         pending = [req for req in batch if not req.future.done()]
         if not pending:
@@ -232,7 +204,7 @@ class PostgresEventLog:
         assert self._pool is not None
         now = round(time.time(), 3)
         total = sum(len(req.events) for req in pending)
-        accepted: list[tuple[_Append, list[StoredEvent]]] = []
+        accepted: list[tuple[PendingAppend, list[StoredEvent]]] = []
         started = time.perf_counter()
         try:
             async with self._pool.acquire() as conn, conn.transaction():

@@ -16,7 +16,6 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
@@ -32,6 +31,7 @@ from events.sqlite_views import (
     read_position,
 )
 from events.subscriptions import Subscriptions
+from events.writer import PendingAppend, run_writer
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -159,16 +159,6 @@ def _execute_rows(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[obje
         at += size
 
 
-@dataclass(eq=False)
-class _Append:
-    stream_id: str
-    events: Sequence[NewEvent]
-    expected_version: int | None
-    future: asyncio.Future[list[StoredEvent]]
-    request_id: str | None = None
-    project_id: str | None = None  # None: the server's own append, in the stream's project
-
-
 class EventStore:
     """The log. `open()` before use, `close()` after; one instance per process."""
 
@@ -191,7 +181,7 @@ class EventStore:
         self._on_commit = on_commit
         self._writer_conn: aiosqlite.Connection | None = None
         self._reader_conn: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[_Append | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[PendingAppend | None] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self._checkpoint_conn: aiosqlite.Connection | None = None
         self._checkpoint_task: asyncio.Task[None] | None = None
@@ -321,7 +311,9 @@ class EventStore:
         if self._writer_task is None:
             raise RuntimeError("event store is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get()))
+        self._queue.put_nowait(
+            PendingAppend(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get())
+        )
         return future
 
     async def probe_write(self) -> None:
@@ -330,7 +322,7 @@ class EventStore:
         if self._writer_task is None or self._writer_task.done():
             raise RuntimeError("the event store's writer is not running")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append("", (), None, future))
+        self._queue.put_nowait(PendingAppend("", (), None, future))
         await future
 
     async def stream_version(self, stream_id: str) -> int:
@@ -360,32 +352,12 @@ class EventStore:
         return project
 
     async def _run_writer(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            try:
-                await self._commit_batch(batch)
-            except Exception as exc:  # never let one bad batch kill the writer
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(exc)
+        await run_writer(self._queue, lambda batch: self._commit_batch(batch), self._max_batch)
 
-    async def _commit_batch(self, batch: list[_Append]) -> None:
+    async def _commit_batch(self, batch: list[PendingAppend]) -> None:
         await self._commit_group(batch, isolate=True)
 
-    async def _commit_group(self, batch: list[_Append], *, isolate: bool) -> None:
+    async def _commit_group(self, batch: list[PendingAppend], *, isolate: bool) -> None:
         """Commit the appends of `batch` in one transaction.
 
         If the transaction fails (an event SQLite cannot store, a view that cannot be
@@ -397,7 +369,7 @@ class EventStore:
         now = round(time.time(), 3)
         sequence = self._head
         pending: dict[str, int] = {}
-        accepted: list[tuple[_Append, list[StoredEvent]]] = []
+        accepted: list[tuple[PendingAppend, list[StoredEvent]]] = []
         rows: list[tuple[object, ...]] = []
         projector = self.projector
         handles = projector.handles if projector is not None else None
