@@ -291,7 +291,14 @@ class PostgresEventLog:
         for req, stored in accepted:
             if not req.future.done():
                 req.future.set_result(stored)
-        self._wake.set()  # this process's own commit: its subscribers need not wait for the NOTIFY
+        committed = [event for _, stored in accepted for event in stored]
+        if committed and committed[0].sequence == self._tail + 1:
+            # Nothing before this commit is unpublished: hand it over now, as SQLite does (and so
+            # what the shutdown's last commits wrote reaches the readers before they are ended).
+            self._tail = committed[-1].sequence
+            self._subscriptions.publish(committed)
+        elif committed:
+            self._wake.set()  # another process committed before: the tailer reads both, in order
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -340,10 +347,10 @@ class PostgresEventLog:
                     await asyncio.sleep(0.1)  # the next wake-up (or this retry) reads it
                     self._wake.set()
                     break
-                if not events:
-                    break
-                self._tail = events[-1].sequence
-                self._subscriptions.publish(events)
+                fresh = [event for event in events if event.sequence > self._tail]  # not published meanwhile
+                if fresh:
+                    self._tail = fresh[-1].sequence
+                    self._subscriptions.publish(fresh)
                 if len(events) < 10_000:
                     break
 
