@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 from pydantic import Field
@@ -72,10 +70,7 @@ async def create_project(request: Request) -> JSONResponse:
     doc = _new_project(project_id, body.name)
     if body.max_file_storage_bytes is not None:
         doc["limits"]["max_file_storage_bytes"] = body.max_file_storage_bytes
-    actor = admin_actor(dict(request.scope["headers"]))
-    with _in_project(project_id):
-        event = NewEvent("organization.project.created", {**doc, "actor": actor})
-        await svc.store.append(project_id, [event], expected_version=0)
+    await _record(svc, request, project_id, [("organization.project.created", doc)], expected_version=0)
     _directory(svc).project_changed(doc)
     return JSONResponse(doc)
 
@@ -155,13 +150,12 @@ async def create_service_account(request: Request) -> JSONResponse:
         "service_account_id": account["id"],
         "sha256": hash_key(value),
     }
-    actor = admin_actor(dict(request.scope["headers"]))
-    events = [
-        NewEvent("organization.project.service_account.created", {**account, "actor": actor}),
-        NewEvent("organization.project.api_key.created", {**key, "actor": actor}),
-    ]
-    with _in_project(project["id"]):
-        await svc.store.append(project["id"], events)
+    await _record(
+        svc,
+        request,
+        project["id"],
+        [("organization.project.service_account.created", account), ("organization.project.api_key.created", key)],
+    )
     _directory(svc).key_added(key["sha256"], key["id"], project["id"])
     shown = {"id": key["id"], "object": "organization.project.service_account.api_key", "name": key["name"],
              "created_at": created, "value": value}  # fmt: skip
@@ -182,11 +176,9 @@ async def delete_service_account(request: Request) -> JSONResponse:
     account = await _child(svc, request, "service_account", "service_account_id")
     keys = await svc.views.list("api_key", parent_id=account["project_id"], limit=1_000_000)
     owned = [key for key in keys.data if key.get("service_account_id") == account["id"]]
-    actor = admin_actor(dict(request.scope["headers"]))
-    events = [NewEvent("organization.project.api_key.deleted", {"id": key["id"], "actor": actor}) for key in owned]
-    events.append(NewEvent("organization.project.service_account.deleted", {"id": account["id"], "actor": actor}))
-    with _in_project(account["project_id"]):
-        await svc.store.append(account["project_id"], events)
+    events = [("organization.project.api_key.deleted", {"id": key["id"]}) for key in owned]
+    events.append(("organization.project.service_account.deleted", {"id": account["id"]}))
+    await _record(svc, request, account["project_id"], events)
     for key in owned:
         _directory(svc).key_deleted(key["id"])
     return JSONResponse(
@@ -206,11 +198,7 @@ async def retrieve_api_key(request: Request) -> JSONResponse:
 async def delete_api_key(request: Request) -> JSONResponse:
     svc = services(request)
     key = await _child(svc, request, "api_key", "key_id")
-    actor = admin_actor(dict(request.scope["headers"]))
-    with _in_project(key["project_id"]):
-        await svc.store.append(
-            key["project_id"], [NewEvent("organization.project.api_key.deleted", {"id": key["id"], "actor": actor})]
-        )
+    await _record(svc, request, key["project_id"], [("organization.project.api_key.deleted", {"id": key["id"]})])
     _directory(svc).key_deleted(key["id"])
     return JSONResponse({"object": "organization.project.api_key.deleted", "id": key["id"], "deleted": True})
 
@@ -420,8 +408,8 @@ async def _project(svc: Services, project_id: str, *, create_default: bool = Fal
         raise not_found("project", project_id, "project_id")
     doc = _new_project(DEFAULT_PROJECT, DEFAULT_PROJECT_NAME, created_at=0)
     if create_default:  # the default project gets its stream when an admin first changes it
-        with _in_project(DEFAULT_PROJECT), contextlib.suppress(ConcurrencyError):  # another request made it
-            await svc.store.append(DEFAULT_PROJECT, [NewEvent("organization.project.created", doc)], expected_version=0)
+        with contextlib.suppress(ConcurrencyError):  # another request made it
+            await _record(svc, None, DEFAULT_PROJECT, [("organization.project.created", doc)], expected_version=0)
         return await svc.views.get("project", DEFAULT_PROJECT) or doc
     return doc
 
@@ -437,20 +425,27 @@ async def _change(
     svc: Services, request: Request, doc: dict[str, Any], event_type: str, changes: dict[str, Any]
 ) -> dict[str, Any]:
     if changes:
-        actor = admin_actor(dict(request.scope["headers"]))
-        with _in_project(doc["id"]):
-            await svc.store.append(doc["id"], [NewEvent(event_type, {"id": doc["id"], **changes, "actor": actor})])
+        await _record(svc, request, doc["id"], [(event_type, {"id": doc["id"], **changes})])
         doc = {**doc, **changes}
         _directory(svc).project_changed(doc)
     return doc
 
 
-@contextmanager
-def _in_project(project_id: str) -> Iterator[None]:
-    """A project's admin events go in its own stream, which belongs to it."""
+async def _record(
+    svc: Services,
+    request: Request | None,
+    project_id: str,
+    events: list[tuple[str, dict[str, Any]]],
+    *,
+    expected_version: int | None = None,
+) -> None:
+    """Append admin events to the project's own stream (which belongs to the project), each
+    naming the admin key that made it (none for the default project's implicit creation)."""
+    who = {"actor": admin_actor(dict(request.scope["headers"]))} if request is not None else {}
     token = PROJECT.set(project_id)
     try:
-        yield
+        new = [NewEvent(event_type, {**data, **who}) for event_type, data in events]
+        await svc.store.append(project_id, new, expected_version=expected_version)
     finally:
         PROJECT.reset(token)
 
