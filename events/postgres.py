@@ -322,13 +322,6 @@ class PostgresEventLog:
     ) -> AsyncIterator[list[StoredEvent]]:
         return self._subscriptions.follow(self.read, after=after, stream_id=stream_id, run_id=run_id)
 
-    async def subscribe(
-        self, *, after: int = 0, stream_id: str | None = None, run_id: str | None = None
-    ) -> AsyncIterator[StoredEvent]:
-        async for batch in self.subscribe_batches(after=after, stream_id=stream_id, run_id=run_id):
-            for event in batch:
-                yield event
-
     def end_subscriptions(self) -> None:
         self._subscriptions.end_all()
 

@@ -131,7 +131,7 @@ def create_app(settings: Settings) -> Starlette:
             store = storage.event_log(settings, projector, metrics.observe_commit)
             opened.push_async_callback(store.close)
             await store.open()
-            views = ViewReader(storage.view_queries(store), projector, store.read)
+            views = ViewReader(store.view_queries(), projector, store.read)
             manager = RunManager(
                 store, views, providers, run_timeout_s=settings.run_timeout_s, log_content=settings.log_content
             )

@@ -8,17 +8,16 @@ talks to `events.log.EventLog` and `events.log.ViewQueries`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from events.log import ViewQueries
+from events.log import EventLog
 from events.store import EventStore
 from projections.base import ViewProjector
 from server.config import Settings
 
-__all__ = ["describe", "event_log", "view_queries"]
+__all__ = ["describe", "event_log"]
 
 
-def event_log(settings: Settings, projector: ViewProjector, on_commit: Callable[[int, float], None] | None) -> Any:
+def event_log(settings: Settings, projector: ViewProjector, on_commit: Callable[[int, float], None] | None) -> EventLog:
     """The log the settings name, not yet opened."""
     if settings.database_url:
         if not settings.database_url.startswith(("postgresql://", "postgres://")):
@@ -30,12 +29,6 @@ def event_log(settings: Settings, projector: ViewProjector, on_commit: Callable[
         return PostgresEventLog(settings.database_url, projector=projector, on_commit=on_commit)
     return EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=projector,
                       on_commit=on_commit)  # fmt: skip
-
-
-def view_queries(log: Any) -> ViewQueries:
-    """The reads of the views, on the opened log's own connections."""
-    queries: ViewQueries = log.view_queries()
-    return queries
 
 
 def describe(settings: Settings) -> str:

@@ -28,6 +28,7 @@ from server.ids import new_id
 from server.models.common import Metadata, ResponseFormat, Tool, dump, tool_json
 from server.models.common import Request as Body
 from server.models.runs import ToolChoice
+from server.routes.runs import _manager, _respond, _run_created
 from server.run_diff import diff_runs
 from server.runs.objects import now, queued_run_state
 from server.runs.recorded import load_recording
@@ -71,9 +72,6 @@ async def fork(request: Request) -> JSONResponse:
 
 
 async def rerun(request: Request) -> Response:
-    # Late import: server.routes.runs builds on this module's siblings.
-    from server.routes.runs import _manager, _respond, _run_created
-
     svc = services(request)
     svc.refuse_new_runs_when_draining()
     thread_id, run_id = request.path_params["thread_id"], request.path_params["run_id"]
