@@ -7,6 +7,7 @@ as the current user. `scripts/install --test` installs the binaries (Debian's `p
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
@@ -17,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from tests.serverproc import free_port
@@ -76,16 +76,20 @@ class PostgresCluster:
     def dsn(self, database: str) -> str:
         return f"postgresql://threadlog@127.0.0.1:{self.port}/{database}"
 
-    async def new_database(self) -> str:
-        """A fresh empty database; its DSN."""
+    def create_database(self) -> str:
+        """A fresh empty database; its DSN (from any thread, with or without an event loop)."""
+        binaries = postgres_binaries()
+        assert binaries is not None
         self._databases += 1
         name = f"test_{os.getpid()}_{self._databases}"
-        conn = await asyncpg.connect(self.dsn("postgres"))
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
+        subprocess.run(
+            [str(binaries / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "threadlog", name],
+            check=True, capture_output=True,
+        )  # fmt: skip
         return self.dsn(name)
+
+    async def new_database(self) -> str:
+        return await asyncio.to_thread(self.create_database)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -136,24 +140,4 @@ def shared_database() -> str:
         root = Path(tempfile.mkdtemp(prefix="threadlog-pg-"))
         _SHARED = PostgresCluster(root).start()
         atexit.register(lambda: (_SHARED.stop() if _SHARED else None, shutil.rmtree(root, ignore_errors=True)))
-    import asyncio
-
-    return asyncio.run(_SHARED.new_database()) if not _in_loop() else _new_database_in_thread(_SHARED)
-
-
-def _in_loop() -> bool:
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _new_database_in_thread(running: PostgresCluster) -> str:
-    import asyncio
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(running.new_database())).result()
+    return _SHARED.create_database()

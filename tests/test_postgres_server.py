@@ -27,10 +27,6 @@ pytestmark = [
 ]
 
 
-def _database(cluster: PostgresCluster) -> str:
-    return asyncio.run(cluster.new_database())
-
-
 def _events_in_database(dsn: str) -> list[tuple[int, str]]:
     async def read() -> list[tuple[int, str]]:
         conn = await asyncpg.connect(dsn)
@@ -45,7 +41,7 @@ def _events_in_database(dsn: str) -> list[tuple[int, str]]:
 
 
 def test_the_api_on_postgres(cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path) -> None:
-    dsn = _database(cluster)
+    dsn = cluster.create_database()
     server = start_server(tmp_path / "data", upstream, THREADLOG_DATABASE_URL=dsn, THREADLOG_ADMIN_KEYS="admin")
     try:
         sdk = make_sdk(server)
@@ -112,7 +108,7 @@ def test_the_api_on_postgres(cluster: PostgresCluster, upstream: RunningUpstream
 def test_acknowledged_events_survive_kill_9(
     cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path
 ) -> None:
-    dsn = _database(cluster)
+    dsn = cluster.create_database()
     server: ServerProcess = start_server(tmp_path / "data", upstream, THREADLOG_DATABASE_URL=dsn)
     sdk = make_sdk(server)
     thread = sdk.beta.threads.create()
