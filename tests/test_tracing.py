@@ -86,8 +86,16 @@ def test_a_run_is_one_trace_from_the_callers_span_to_its_model_and_tool_calls(
         assert run.status == "completed" and run.usage is not None
 
         def trace_complete() -> list[Any] | None:
+            # Every span the test reads: they arrive in batches as each ends (the run's own span last).
             ours = [s for s in receiver.spans if s.trace_id.hex() == trace_id]
-            return ours if sum(s.name.startswith("chat ") for s in ours) == 2 else None
+            names = [s.name for s in ours]
+            wanted = (
+                f"invoke_agent {assistant.id}",
+                "execute_tool code_interpreter",
+                "POST /v1/threads/{thread_id}/runs",
+            )
+            done = names.count(f"chat {MODEL}") == 2 and all(name in names for name in wanted)
+            return ours if done else None
 
         spans = wait_for(trace_complete, timeout=30)
         by_name: dict[str, list[Any]] = {}
