@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from events.leases import RunLeases
 from events.records import NewEvent, StoredEvent
 
 __all__ = ["EventLog", "LoadViews", "Projector", "ViewChanges", "ViewKey", "ViewQueries", "ViewQuery", "ViewRow"]
@@ -156,3 +157,11 @@ class EventLog(Protocol):
 
     def view_queries(self) -> ViewQueries:
         """The reads of the views, on this log's own connections (once open)."""
+
+    @property
+    def exclusive(self) -> bool:
+        """This process is the log's only writer: what its projector holds of the committed views
+        is the truth (False for a shared log, whose views other processes change at any moment)."""
+
+    def run_leases(self, ttl_s: float) -> RunLeases:
+        """Who answers for each run that has not ended, kept where this log is (once open)."""

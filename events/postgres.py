@@ -29,6 +29,7 @@ import asyncpg
 
 from events import postgres_views
 from events.log import LoadViews, Projector, ViewKey
+from events.postgres_leases import PostgresRunLeases
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
 from events.store import ConcurrencyError, ForeignStream
 from events.subscriptions import Subscriptions
@@ -157,6 +158,14 @@ class PostgresEventLog:
     @property
     def head(self) -> int:
         return max(self._head, self._tail)
+
+    @property
+    def exclusive(self) -> bool:
+        return False  # other server processes append to the same database
+
+    def run_leases(self, ttl_s: float) -> PostgresRunLeases:
+        assert self._pool is not None, "event log is not open"
+        return PostgresRunLeases(self._pool, self.dsn, ttl_s)
 
     def view_queries(self) -> postgres_views.PostgresViewQueries:
         assert self._pool is not None, "event log is not open"

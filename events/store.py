@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from events.leases import LocalRunLeases
 from events.log import LoadViews, Projector, ViewKey
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
 from events.sqlite_views import (
@@ -266,6 +267,13 @@ class EventStore:
     def head(self) -> int:
         """Sequence of the last committed event (0 for an empty log)."""
         return self._head
+
+    @property
+    def exclusive(self) -> bool:
+        return True  # one process: the data dir's lock keeps others out
+
+    def run_leases(self, ttl_s: float) -> LocalRunLeases:
+        return LocalRunLeases(ttl_s)
 
     def view_queries(self) -> SqliteViewQueries:
         """The views' reads, on the reader connection."""

@@ -60,17 +60,25 @@ class ViewReader:
     """
 
     def __init__(
-        self, queries: ViewQueries, projector: ViewProjector | None = None, read_log: ReadRun | None = None
+        self,
+        queries: ViewQueries,
+        projector: ViewProjector | None = None,
+        read_log: ReadRun | None = None,
+        *,
+        cached: bool = True,
     ) -> None:
+        """`cached=False` for a log other processes write: the projector's memory of committed
+        views may be behind theirs, so every read asks the database."""
         self._queries = queries
         self._projector = projector
         self._read_log = read_log
+        self._cached = cached
 
     async def get(self, kind: str, view_id: str) -> Doc | None:
         """One view: from the projector's memory of committed views when it holds it (no query:
         the objects a request checks first, its thread and assistant, are usually there)."""
         project = PROJECT.get()
-        if self._projector is not None:
+        if self._projector is not None and self._cached:
             held, view = self._projector.committed_view(kind, view_id)
             if held:
                 if view is None or (project is not None and view.project_id != project):

@@ -126,14 +126,23 @@ def create_app(settings: Settings) -> Starlette:
         async with contextlib.AsyncExitStack() as opened:
             opened.push_async_callback(providers.aclose)
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-            opened.callback(_lock_data_dir(settings).close)
             projector = build_projector()
             store = storage.event_log(settings, projector, metrics.observe_commit)
+            if store.exclusive:  # a log of its own: one server per data dir
+                opened.callback(_lock_data_dir(settings).close)
             opened.push_async_callback(store.close)
             await store.open()
-            views = ViewReader(store.view_queries(), projector, store.read)
+            views = ViewReader(store.view_queries(), projector, store.read, cached=store.exclusive)
+            leases = store.run_leases(settings.run_lease_s)
+            await leases.open()
+            opened.push_async_callback(leases.close)
             manager = RunManager(
-                store, views, providers, run_timeout_s=settings.run_timeout_s, log_content=settings.log_content
+                store,
+                views,
+                providers,
+                run_timeout_s=settings.run_timeout_s,
+                log_content=settings.log_content,
+                leases=leases,
             )
             svc = Services(settings=settings, store=store, views=views, runs=manager, directory=directory)
             await directory.load(views)
@@ -154,6 +163,8 @@ def create_app(settings: Settings) -> Starlette:
                 )
                 opened.callback(compaction.cancel)
             await manager.recover()
+            supervisor = asyncio.create_task(manager.supervise(), name="run-leases")
+            opened.callback(supervisor.cancel)
             if stores is not None:
                 await stores.recover()
             settle_heap()

@@ -46,6 +46,8 @@ class Settings:
     allow_unsandboxed_code: bool = False
     lancedb_uri: str | None = None
     database_url: str | None = None  # postgresql://...: the event log and views in PostgreSQL
+    run_lease_s: float = 7.0  # a process not heard from for this long is taken for dead (shared logs)
+    workers: int = 1  # server processes on one port (serve --workers; PostgreSQL only)
 
     @property
     def db_path(self) -> Path:
@@ -99,6 +101,8 @@ class Settings:
             "allow_unsandboxed_code": env.get("THREADLOG_ALLOW_UNSANDBOXED_CODE", "") in ("1", "true", "yes"),
             "lancedb_uri": env.get("THREADLOG_LANCEDB_URI") or None,
             "database_url": env.get("THREADLOG_DATABASE_URL") or None,
+            "run_lease_s": float(env.get("THREADLOG_RUN_LEASE_SECONDS", "7")),
+            "workers": int(env.get("THREADLOG_WORKERS", "1")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
@@ -125,6 +129,15 @@ class Settings:
             raise ConfigError("THREADLOG_CODE_SESSION_MEMORY_MB must be at least 64")
         if self.code_memory_mb < 64:
             raise ConfigError("THREADLOG_CODE_MEMORY_MB must be at least 64 (Python needs it to start)")
+        if self.run_lease_s < 1:
+            raise ConfigError("THREADLOG_RUN_LEASE_SECONDS must be at least 1")
+        if self.workers < 1:
+            raise ConfigError("--workers (THREADLOG_WORKERS) must be at least 1")
+        if self.workers > 1 and not self.database_url:
+            raise ConfigError(
+                "--workers above 1 needs a shared event log: set THREADLOG_DATABASE_URL=postgresql://... "
+                "(the SQLite log has one writer, one process)"
+            )
         if not self.api_keys and not is_loopback(self.host):
             raise ConfigError(
                 f"Refusing to listen on {self.host} without API keys: anyone who can reach it could use "

@@ -115,6 +115,7 @@ class RunEngine:
         self.context_window = context_window or provider.context_window
         self.cancel_requested = False
         self.expired = False  # set by the run manager when the run's wall-clock limit passes
+        self.abandoned = False  # set by the run manager when another process took the run over
         # Set by the run manager: waits until every event yielded so far is in the log.
         # Called before reading views that this run's own events update.
         self.barrier: Callable[[], Awaitable[None]] = _nothing

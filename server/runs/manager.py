@@ -4,6 +4,11 @@ A run's task is independent of any HTTP connection, so a client that drops its s
 does not stop the run. The manager appends every event the engine yields, cancels runs
 promptly (cancelling the task closes the upstream stream), expires runs left waiting for
 tool outputs, and on start-up settles runs that a crash cut off.
+
+On a log several processes share, each run that has not ended is one process's job, held
+by a lease (events/leases.py) that `supervise()` renews. It also takes over the runs of a
+process that died (their leases lapsed) and settles them as a restart would; a cancel that
+reaches a process not executing the run is passed to the one that is.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from events.leases import LocalRunLeases, RunLeases
 from events.log import EventLog
 from events.records import RUN_END_TYPES, NewEvent, StoredEvent
 from events.store import ConcurrencyError
@@ -34,6 +40,9 @@ logger = logging.getLogger("threadlog.runs")
 
 # The events after which an engine yields nothing more.
 _LAST_EVENTS = RUN_END_TYPES | {"thread.run.requires_action"}
+
+_OPEN_STATUSES = ("queued", "in_progress", "cancelling", "requires_action")
+_EXECUTING = ("queued", "in_progress")
 
 
 class _RunLog:
@@ -123,6 +132,12 @@ class _RunLog:
             raise self.error
 
 
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
 def _total_tokens(run: dict[str, Any]) -> int:
     return int((run.get("usage") or {}).get("total_tokens") or 0)
 
@@ -175,8 +190,13 @@ class RunManager:
         *,
         run_timeout_s: float = 600.0,
         log_content: bool = False,
+        leases: RunLeases | None = None,
     ) -> None:
         self.store = store
+        self.leases: RunLeases = leases or LocalRunLeases()
+        self.leases.on_cancel_requested(self._cancel_requested_elsewhere)
+        self._claims: dict[str, asyncio.Future[None]] = {}  # runs this process answers for
+        self._background: set[asyncio.Task[Any]] = set()
         self.log_content = log_content  # run lines carry the reply's text (serve --log-content)
         self.run_timeout_s = run_timeout_s
         self.views = views
@@ -221,6 +241,7 @@ class RunManager:
         self._engines[run_id] = engine
         self._logs[run_id] = log
         self._cancel_expiry(run_id)
+        self._claim(run_id)
         task = asyncio.create_task(self._drive(engine, log), name=f"run-{run_id}")
         self._tasks[run_id] = task
         loop = asyncio.get_running_loop()
@@ -303,6 +324,8 @@ class RunManager:
                 metrics.RUN_SECONDS.labels(engine.run["model"]).observe(seconds)
                 if self.directory is not None:
                     self.directory.charge_tokens(_total_tokens(engine.run) - tokens_before)
+                if engine.run["status"] != "requires_action" and not engine.abandoned:
+                    self._release(run["id"])
             self._forget(run["id"], engine)
 
     async def _closed(self, engine: RunEngine, log: _RunLog) -> None:
@@ -315,6 +338,9 @@ class RunManager:
         with contextlib.suppress(Exception):
             await log.drain()
         if log.voided:
+            return
+        if engine.abandoned:
+            logger.warning("run %s: another process took it over (this one stalled past its lease)", run["id"])
             return
         if self._shutting_down:
             closing = engine.fail("server_error", "The server shut down while this run was in progress.")
@@ -391,6 +417,11 @@ class RunManager:
                 raise CannotCancel("missing")
             if run["status"] == "cancelling":
                 return run
+            if run["status"] in _EXECUTING and run_id not in self._tasks:
+                cancelled = await self._cancel_elsewhere(run)
+                if cancelled is not None:
+                    return cancelled
+                continue  # it paused for tool outputs meanwhile: cancel it here
             if run["status"] != "requires_action":
                 raise CannotCancel(run["status"])
             # Waiting for tool outputs, nothing executing: settle it here, unless a submit wins the race.
@@ -408,8 +439,58 @@ class RunManager:
             except ConcurrencyError:
                 continue
             self._cancel_expiry(run_id)
+            self._release(run_id, whoever_holds_it=True)
             return cancelling
         raise CannotCancel("busy")
+
+    async def _cancel_elsewhere(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        """Cancel a run that another process executes: ask it, and follow the run's events until
+        it answers. If that process is gone, take the run over and cancel it here. Returns the
+        `cancelling` run, or None when the run paused for tool outputs meanwhile."""
+        run_id, thread_id = run["id"], run["thread_id"]
+        for _ in range(6):
+            events = self.store.subscribe_batches(stream_id=thread_id, after=self.store.head)
+            try:
+                current = await self.views.get("run", run_id)
+                if current is None or current["status"] not in _EXECUTING:
+                    return await self._answered(current)
+                if not await self.leases.request_cancel(run_id):
+                    taken, _ = await self.leases.take_over(run_id)
+                    if taken:
+                        await self._settle_orphan(run_id, cancel=True)
+                        return {**current, "status": "cancelling"}
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.leases.ttl_s):
+                        async for batch in events:
+                            for event in batch:
+                                if event.run_id != run_id or event.data.get("object") != "thread.run":
+                                    continue
+                                if event.data.get("status") not in (None, *_EXECUTING):
+                                    return await self._answered(event.data)
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+        raise CannotCancel("busy")
+
+    @staticmethod
+    async def _answered(run: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What a cancel answers once the run's owner acted on it (see `_cancel_elsewhere`)."""
+        if run is None:
+            raise CannotCancel("missing")
+        if run["status"] in ("cancelling", "cancelled"):
+            return {**run, "status": "cancelling"}
+        if run["status"] == "requires_action":
+            return None
+        raise CannotCancel(run["status"])
+
+    def _cancel_requested_elsewhere(self, run_id: str) -> None:
+        """Another process was asked to cancel a run this one answers for."""
+        if run_id in self._tasks or run_id in self._expiry:
+
+            async def cancel() -> None:
+                with contextlib.suppress(CannotCancel):
+                    await self.cancel(run_id)
+
+            self._in_background(cancel(), f"cancel-{run_id}")
 
     async def update_metadata(self, thread_id: str, run_id: str, metadata: dict[str, str]) -> None:
         """Record a metadata update so that no later snapshot of the run carries the old metadata.
@@ -452,7 +533,10 @@ class RunManager:
             await asyncio.wait(list(self._tasks.values()), timeout=remaining)
 
     async def shutdown(self) -> None:
-        """End every executing run as a restart would (`failed`, `server_error`); idempotent."""
+        """End every executing run as a restart would (`failed`, `server_error`); idempotent.
+
+        The leases of runs left waiting for tool outputs lapse at once: another process on a
+        shared log takes them over (and expires them in time) without waiting a whole lease."""
         self._shutting_down = True
         for handle in self._expiry.values():
             handle.cancel()
@@ -461,12 +545,17 @@ class RunManager:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.leases.lapse_all()
 
     # -- expiry ----------------------------------------------------------------------------
 
     def watch_expiry(self, run: dict[str, Any]) -> None:
         """A run that arrived waiting for tool outputs (an import): it expires as any other."""
         if run.get("status") == "requires_action":
+            self._claim(run["id"])
             self._schedule_expiry(run["id"], run.get("expires_at"))
 
     def _schedule_expiry(self, run_id: str, expires_at: int | None) -> None:
@@ -486,32 +575,100 @@ class RunManager:
         self._expiry.pop(run_id, None)
         for _ in range(8):
             run = await self.views.get("run", run_id)
-            if run is None or run["status"] != "requires_action" or run_id in self._tasks:
+            if run_id in self._tasks:
+                return
+            if run is None or run["status"] != "requires_action":
+                if run is None or run["status"] not in _OPEN_STATUSES:
+                    self._release(run_id)
+                else:
+                    self._claims.pop(run_id, None)  # resumed by another process, which holds it now
                 return
             version = await self.store.stream_version(run["thread_id"])
             events = await self._close_steps(run, "expired")
             events.append(run_event({**run, "status": "expired", "required_action": None}))
             try:
                 await self.store.append(run["thread_id"], events, expected_version=version)
-                return
             except ConcurrencyError:
                 continue
+            self._release(run_id)
+            return
 
     # -- recovery --------------------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Settle runs a crash cut off; re-arm expiry of runs waiting for tool outputs."""
-        for run in await self.views.all_of_kind("run", ("queued", "in_progress", "cancelling", "requires_action")):
-            if run["status"] == "requires_action":
-                self._schedule_expiry(run["id"], run.get("expires_at"))
+        """Settle runs a crash cut off; re-arm expiry of runs waiting for tool outputs.
+
+        On a shared log, only the runs no live process answers for (see `supervise`)."""
+        await self.leases.lapsed()  # who is known to be gone
+        for run in await self.views.all_of_kind("run", _OPEN_STATUSES):
+            taken, cancel = await self.leases.take_over(run["id"])
+            if taken:
+                await self._settle_orphan(run["id"], cancel=cancel, at_start=True)
+
+    async def supervise(self) -> None:
+        """While the server runs: renew this process's leases, give up runs another process took
+        over (this one stalled longer than a lease), and take over those of processes that died."""
+        interval = self.leases.ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._supervise_once()
+            except Exception:
+                logger.exception("run leases: renewal or take-over failed; trying again in %.1fs", interval)
+
+    async def _supervise_once(self) -> None:
+        claimed = {run_id for run_id, claim in self._claims.items() if claim.done()}
+        held = await self.leases.renew()
+        for run_id in claimed - held:
+            if run_id not in self._claims:
+                continue  # released meanwhile
+            self._claims.pop(run_id, None)
+            self._cancel_expiry(run_id)
+            engine, task = self._engines.get(run_id), self._tasks.get(run_id)
+            if engine is not None and task is not None and run_id not in self._finishing:
+                engine.abandoned = True
+                task.cancel()
+        if self._shutting_down:
+            return
+        for run_id in await self.leases.lapsed():
+            if run_id in self._claims:
                 continue
-            if run["status"] == "cancelling":
-                events = await self._close_steps(run, "cancelled")
-                events.append(run_event({**run, "status": "cancelled", "cancelled_at": now(), "expires_at": None}))
+            taken, cancel = await self.leases.take_over(run_id)
+            if taken:
+                await self._settle_orphan(run_id, cancel=cancel)
+
+    async def _settle_orphan(self, run_id: str, *, cancel: bool = False, at_start: bool = False) -> None:
+        """A run whose process is gone, now this one's: end it as a restart does (`failed`;
+        `cancelled` if a cancel was asked or under way), or, waiting for tool outputs, keep it
+        (it stays completable) and expire it in time. Decided on the run as the log has it now."""
+        for _ in range(8):
+            run = await self.views.get("run", run_id)
+            if run is None or run["status"] not in _OPEN_STATUSES:
+                await self.leases.release(run_id, whoever_holds_it=False)
+                return
+            version = await self.store.stream_version(run["thread_id"])
+            run = await self.views.get("run", run_id)
+            assert run is not None
+            if run["status"] not in _OPEN_STATUSES:
+                continue
+            if run["status"] == "requires_action" and not cancel:
+                self._claims[run_id] = _done()
+                self._schedule_expiry(run_id, run.get("expires_at"))
+                return
+            if run["status"] == "cancelling" or cancel:
+                events = [] if run["status"] == "cancelling" else [run_event({**run, "status": "cancelling"})]
+                events += await self._close_steps(run, "cancelled")
+                events.append(
+                    run_event(
+                        {**run, "status": "cancelled", "cancelled_at": now(), "expires_at": None,
+                         "required_action": None}
+                    )
+                )  # fmt: skip
             else:
+                where = "on restart" if at_start else "by another server process"
                 error = {
                     "code": "server_error",
-                    "message": "The server stopped while this run was in progress; it was marked failed on restart.",
+                    "message": f"The server stopped while this run was in progress; it was marked failed {where}.",
                 }
                 events = await self._close_steps(run, "failed", error)
                 events.append(
@@ -526,8 +683,44 @@ class RunManager:
                         }
                     )
                 )
-            await self._append(run, events)
-            logger.warning("run %s was %s at start-up; now %s", run["id"], run["status"], events[-1].data["status"])
+            try:
+                await self.store.append(run["thread_id"], events, expected_version=version)
+            except ConcurrencyError:
+                continue
+            await self.leases.release(run_id)
+            how = "at start-up" if at_start else "after its process stopped"
+            logger.warning("run %s was %s %s; now %s", run_id, run["status"], how, events[-1].data["status"])
+            return
+        logger.warning("run %s: could not settle it (the log kept moving); the next scan tries again", run_id)
+        self._release(run_id)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def _claim(self, run_id: str) -> None:
+        self._claims[run_id] = asyncio.ensure_future(self._quietly(self.leases.claim(run_id), f"claim {run_id}"))
+
+    def _release(self, run_id: str, *, whoever_holds_it: bool = False) -> None:
+        """Drop the run's lease once its claim (which may still be in flight) has landed."""
+        claim = self._claims.pop(run_id, None)
+
+        async def release() -> None:
+            if claim is not None:
+                await claim
+            await self.leases.release(run_id, whoever_holds_it=whoever_holds_it)
+
+        self._in_background(self._quietly(release(), f"release {run_id}"), f"release-{run_id}")
+
+    def _in_background(self, work: Any, name: str) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _quietly(work: Any, what: str) -> None:
+        try:
+            await work
+        except Exception:
+            logger.exception("run leases: %s failed", what)
 
     async def _close_steps(self, run: dict[str, Any], how: str, error: dict[str, str] | None = None) -> list[NewEvent]:
         """Events closing a run's open steps and messages (from the views)."""

@@ -1,0 +1,197 @@
+"""Run leases in PostgreSQL, shared by every server process on the database (see events/leases.py).
+
+One row per run that has not ended: its owner and when the lease lapses, in the database's own
+clock (so machines whose clocks disagree still agree on who is dead). The owner renews all of its
+rows in one statement. A cancel asked of another process sets the row's flag and sends
+`NOTIFY threadlog_control`: the notification is the prompt path, the flag (read back at each
+renewal) the one that cannot be missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+__all__ = ["CONTROL_CHANNEL", "PostgresRunLeases"]
+
+CONTROL_CHANNEL = "threadlog_control"
+
+logger = logging.getLogger("threadlog.runs")
+
+_OPEN_STATUSES = ("queued", "in_progress", "cancelling", "requires_action")
+
+_OPEN_LIST = ", ".join(f"'{status}'" for status in _OPEN_STATUSES)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS run_leases (
+    run_id           TEXT PRIMARY KEY,
+    owner            TEXT NOT NULL,
+    expires_at       TIMESTAMPTZ NOT NULL,
+    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX IF NOT EXISTS run_leases_owner ON run_leases (owner);
+CREATE INDEX IF NOT EXISTS run_leases_expiry ON run_leases (expires_at);
+-- the runs that have not ended, for the scan that finds one nobody holds
+CREATE INDEX IF NOT EXISTS views_open_runs ON views (id)
+    WHERE kind = 'run' AND (doc::jsonb ->> 'status') IN ({_OPEN_LIST});
+"""
+
+_LAST_EVENT_AGE = (
+    "extract(epoch FROM now()) - COALESCE("
+    "(SELECT created_at FROM events e WHERE e.run_id = {run} ORDER BY sequence DESC LIMIT 1), 0)"
+)
+
+
+class PostgresRunLeases:
+    """implements events.leases.RunLeases on the log's connection pool."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, ttl_s: float = 7.0) -> None:
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+        self.ttl_s = ttl_s
+        self._pool = pool
+        self._dsn = dsn
+        self._listener: asyncpg.Connection | None = None
+        self._callbacks: list[Callable[[str], None]] = []
+        self._dead: list[str] = []  # owners on this machine whose process is gone (see `lapsed`)
+
+    async def open(self) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(7413)")
+            try:
+                await conn.execute(_SCHEMA)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(7413)")
+        self._listener = await asyncpg.connect(self._dsn)
+        await self._listener.add_listener(CONTROL_CHANNEL, self._notified)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+
+    async def claim(self, run_id: str) -> None:
+        await self._pool.execute(
+            "INSERT INTO run_leases (run_id, owner, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3)) "
+            "ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, "
+            "cancel_requested = FALSE",
+            run_id,
+            self.owner,
+            self.ttl_s,
+        )
+
+    async def take_over(self, run_id: str) -> tuple[bool, bool]:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "UPDATE run_leases SET owner = $2, expires_at = now() + make_interval(secs => $3) "
+                "WHERE run_id = $1 AND (expires_at < now() OR owner = ANY($4::text[])) RETURNING cancel_requested",
+                run_id,
+                self.owner,
+                self.ttl_s,
+                self._dead,
+            )
+            if row is None:  # no lease at all: only once the run has been quiet for a whole lease
+                row = await conn.fetchrow(
+                    "INSERT INTO run_leases (run_id, owner, expires_at) "
+                    "SELECT $1, $2, now() + make_interval(secs => $3) "
+                    f"WHERE {_LAST_EVENT_AGE.format(run='$1')} > $3 "
+                    "ON CONFLICT (run_id) DO NOTHING RETURNING cancel_requested",
+                    run_id,
+                    self.owner,
+                    self.ttl_s,
+                )
+        if row is None:
+            return False, False
+        return True, bool(row["cancel_requested"])
+
+    async def release(self, run_id: str, *, whoever_holds_it: bool = False) -> None:
+        if whoever_holds_it:
+            await self._pool.execute("DELETE FROM run_leases WHERE run_id = $1", run_id)
+        else:
+            await self._pool.execute("DELETE FROM run_leases WHERE run_id = $1 AND owner = $2", run_id, self.owner)
+
+    async def renew(self) -> set[str]:
+        rows = await self._pool.fetch(
+            "UPDATE run_leases SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 "
+            "RETURNING run_id, cancel_requested",
+            self.owner,
+            self.ttl_s,
+        )
+        for row in rows:
+            if row["cancel_requested"]:
+                self._cancel_requested(row["run_id"])
+        return {row["run_id"] for row in rows}
+
+    async def lapse_all(self) -> None:
+        await self._pool.execute(
+            "UPDATE run_leases SET expires_at = now() - interval '1 second' WHERE owner = $1", self.owner
+        )
+
+    async def lapsed(self) -> list[str]:
+        """Also the leases of a process on this machine that no longer exists (killed, crashed):
+        those need not wait until they lapse, a restart takes them over at once."""
+        await self._find_dead_neighbours()
+        rows = await self._pool.fetch(
+            "SELECT run_id FROM run_leases WHERE expires_at < now() OR owner = ANY($2::text[]) "
+            "UNION "
+            f"SELECT v.id FROM views v WHERE v.kind = 'run' AND (v.doc::jsonb ->> 'status') IN ({_OPEN_LIST}) "
+            "AND NOT EXISTS (SELECT 1 FROM run_leases l WHERE l.run_id = v.id) "
+            f"AND {_LAST_EVENT_AGE.format(run='v.id')} > $1",
+            self.ttl_s,
+            self._dead,
+        )
+        return [row["run_id"] for row in rows]
+
+    async def _find_dead_neighbours(self) -> None:
+        host = socket.gethostname()
+        owners = await self._pool.fetch(
+            "SELECT DISTINCT owner FROM run_leases WHERE owner <> $1 AND starts_with(owner, $2)", self.owner, host + "/"
+        )
+        self._dead = [row["owner"] for row in owners if not _alive(row["owner"].split("/")[1])]
+
+    async def request_cancel(self, run_id: str) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            owner = await conn.fetchval(
+                "UPDATE run_leases SET cancel_requested = TRUE "
+                "WHERE run_id = $1 AND expires_at >= now() AND NOT owner = ANY($2::text[]) RETURNING owner",
+                run_id,
+                self._dead,
+            )
+            if owner is None:
+                return False
+            await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, f"cancel {owner} {run_id}")
+        return True
+
+    def on_cancel_requested(self, callback: Callable[[str], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        verb, _, rest = payload.partition(" ")
+        owner, _, run_id = rest.partition(" ")
+        if verb == "cancel" and owner == self.owner:
+            self._cancel_requested(run_id)
+
+    def _cancel_requested(self, run_id: str) -> None:
+        for callback in self._callbacks:
+            try:
+                callback(run_id)
+            except Exception:
+                logger.exception("cancel request for run %s failed", run_id)
+
+
+def _alive(pid: str) -> bool:
+    """Whether a process of this machine exists (one that we may not signal exists too)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
