@@ -52,7 +52,7 @@ logger = logging.getLogger("threadlog")
 
 async def healthz(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
-    return JSONResponse({"status": "ok", "head": svc.store.head})
+    return JSONResponse({"status": "ok", "head": svc.store.head, "pid": os.getpid()})
 
 
 async def readyz(request: Request) -> JSONResponse:
@@ -146,6 +146,9 @@ def create_app(settings: Settings) -> Starlette:
             )
             svc = Services(settings=settings, store=store, views=views, runs=manager, directory=directory)
             await directory.load(views)
+            if not store.exclusive:  # other processes change projects and keys too
+                follower = asyncio.create_task(directory.follow(store, views), name="directory-follower")
+                opened.callback(follower.cancel)
             manager.directory = directory
             manager.builtins = Builtins(svc)
             app.state.services = svc
@@ -235,7 +238,8 @@ def check_data_dir(settings: Settings) -> None:
         probe.unlink()
     except OSError as exc:
         raise OSError(f"the data dir {settings.data_dir} is not usable: {exc.strerror or exc}") from exc
-    _lock_data_dir(settings).close()
+    if storage.owns_data_dir(settings):
+        _lock_data_dir(settings).close()
 
 
 def _lock_data_dir(settings: Settings) -> Any:

@@ -72,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="send traces over OTLP/HTTP (on too when OTEL_EXPORTER_OTLP_ENDPOINT is set)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes sharing the port (PostgreSQL only; default 1, or THREADLOG_WORKERS)",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--log-format", default="text", choices=LOG_FORMATS, help="text lines, or one JSON object per line"
@@ -193,10 +199,20 @@ def _serve(args: argparse.Namespace) -> int:
             database_url=args.database_url,
             grace_s=args.grace_seconds,
             log_content=args.log_content,
+            workers=args.workers,
         )
     except (ConfigError, ValueError) as exc:
         print(f"threadlog: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        from server.workers import serve_workers
+
+        return serve_workers(args, settings)
+    return serve_one(args, settings)
+
+
+def serve_one(args: argparse.Namespace, settings: Settings, sockets: list[Any] | None = None) -> int:
+    """One server process (`sockets`: the listening socket a `--workers` supervisor shares)."""
     import uvicorn  # after the settings check, so a refused start is prompt
 
     from server.app import check_data_dir, create_app
@@ -225,7 +241,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = GracefulServer(config, on_drain=lambda: drain(app.state.services, settings.grace_s))
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         tracing.shutdown()
     if not server.started:

@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from events.log import EventLog
 from events.records import DEFAULT_PROJECT, PROJECT
 from projections.views import ViewReader
 from server.auth import bearer_token, holds_key
@@ -122,6 +123,25 @@ class Directory:
             PROJECT.reset(token)
         self._projects = {doc["id"]: ProjectInfo.from_doc(doc) for doc in projects}
         self._keys = {doc["sha256"]: _Key(doc["id"], doc["project_id"]) for doc in keys}
+
+    async def follow(self, log: EventLog, views: ViewReader) -> None:
+        """On a log other processes share: apply the admin changes they make (a key created on
+        one process works on all; one deleted or archived ends its streams everywhere)."""
+        async for batch in log.subscribe_batches(after=log.head):
+            if not any(event.type.startswith("organization.") for event in batch):
+                continue
+            known_keys = {key.id for key in self._keys.values()}
+            before = dict(self._projects)
+            await self.load(views)
+            for key_id in known_keys - {key.id for key in self._keys.values()}:
+                self._revoked(key_id)
+            for project_id, info in self._projects.items():
+                old = before.get(project_id)
+                if old is None or old.limits != info.limits:
+                    self.limiter.forget(project_id)
+                if info.archived and (old is None or not old.archived):
+                    for key in [k for k in self._keys.values() if k.project_id == project_id]:
+                        self._revoked(key.id)
 
     # -- changes made by the admin routes, after their events committed -------------------
 

@@ -14,7 +14,7 @@ from events.store import EventStore
 from projections.base import ViewProjector
 from server.config import Settings
 
-__all__ = ["describe", "event_log"]
+__all__ = ["describe", "event_log", "owns_data_dir"]
 
 
 def event_log(settings: Settings, projector: ViewProjector, on_commit: Callable[[int, float], None] | None) -> EventLog:
@@ -29,6 +29,12 @@ def event_log(settings: Settings, projector: ViewProjector, on_commit: Callable[
         return PostgresEventLog(settings.database_url, projector=projector, on_commit=on_commit)
     return EventStore(settings.db_path, synchronous=settings.sqlite_synchronous, projector=projector,
                       on_commit=on_commit)  # fmt: skip
+
+
+def owns_data_dir(settings: Settings) -> bool:
+    """Whether the log is one process's (SQLite): then one server per data dir, which it locks.
+    Processes that share a PostgreSQL log may share a data dir (its files, LanceDB) too."""
+    return not settings.database_url
 
 
 def describe(settings: Settings) -> str:

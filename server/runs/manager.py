@@ -196,6 +196,7 @@ class RunManager:
         self.leases: RunLeases = leases or LocalRunLeases()
         self.leases.on_cancel_requested(self._cancel_requested_elsewhere)
         self._claims: dict[str, asyncio.Future[None]] = {}  # runs this process answers for
+        self._leases_good_until = time.monotonic() + self.leases.ttl_s * 0.8
         self._background: set[asyncio.Task[Any]] = set()
         self.log_content = log_content  # run lines carry the reply's text (serve --log-content)
         self.run_timeout_s = run_timeout_s
@@ -296,6 +297,9 @@ class RunManager:
         tokens_before = _total_tokens(run)
         try:
             async for event in engine.events():
+                if self._leases_may_have_lapsed():
+                    self._give_up(run["id"])
+                    raise asyncio.CancelledError
                 if event.type in _LAST_EVENTS:
                     # From here on the run has ended (or paused): a cancel must not append after it.
                     self._finishing.add(run["id"])
@@ -618,16 +622,12 @@ class RunManager:
 
     async def _supervise_once(self) -> None:
         claimed = {run_id for run_id, claim in self._claims.items() if claim.done()}
+        asked = time.monotonic()
         held = await self.leases.renew()
+        self._leases_good_until = asked + self.leases.ttl_s * 0.8
         for run_id in claimed - held:
-            if run_id not in self._claims:
-                continue  # released meanwhile
-            self._claims.pop(run_id, None)
-            self._cancel_expiry(run_id)
-            engine, task = self._engines.get(run_id), self._tasks.get(run_id)
-            if engine is not None and task is not None and run_id not in self._finishing:
-                engine.abandoned = True
-                task.cancel()
+            if run_id in self._claims:  # not released meanwhile: another process took it over
+                self._give_up(run_id)
         if self._shutting_down:
             return
         for run_id in await self.leases.lapsed():
@@ -636,6 +636,23 @@ class RunManager:
             taken, cancel = await self.leases.take_over(run_id)
             if taken:
                 await self._settle_orphan(run_id, cancel=cancel)
+
+    def _leases_may_have_lapsed(self) -> bool:
+        """This process has not renewed its leases for most of a lease (it stalled, or the
+        database is unreachable): another may be taking its runs over, so it must stop appending."""
+        return not self.store.exclusive and time.monotonic() > self._leases_good_until
+
+    def _give_up(self, run_id: str) -> None:
+        """The run is, or may be, another process's now: stop it here without a word to the log."""
+        claim = self._claims.pop(run_id, None)
+        self._cancel_expiry(run_id)
+        engine, task = self._engines.get(run_id), self._tasks.get(run_id)
+        if engine is not None and task is not None and run_id not in self._finishing:
+            engine.abandoned = True
+            if task is not asyncio.current_task():
+                task.cancel()
+        if claim is not None:
+            self._in_background(self._quietly(self.leases.release(run_id), f"release {run_id}"), "release")
 
     async def _settle_orphan(self, run_id: str, *, cancel: bool = False, at_start: bool = False) -> None:
         """A run whose process is gone, now this one's: end it as a restart does (`failed`;

@@ -1,0 +1,270 @@
+"""Several `threadlog serve` processes on one PostgreSQL database: any process serves any request and
+any run's stream, a cancel reaches the process executing the run, and the runs of a process that
+dies (kill -9) or stalls are taken over by another, through the openai SDK and real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from server.fake_upstream import RunningUpstream
+from tests.pg_cluster import PostgresCluster, cluster, postgres_binaries  # noqa: F401 - the fixture
+from tests.runs_fixtures import (
+    MODEL,
+    SSEEvent,
+    SSEStream,
+    StreamingRuns,
+    count_until,
+    http_client,
+    make_sdk,
+    message_value,
+    pending_calls,
+    start_server,
+    wait_for,
+    wait_run,
+)
+from tests.serverproc import ServerProcess, free_port
+
+pytestmark = [
+    pytest.mark.skipif(
+        postgres_binaries() is None and not os.environ.get("CI"),
+        reason="PostgreSQL server binaries are missing (scripts/install --test installs them)",
+    ),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
+WEATHER: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+
+def _pair(tmp_path: Path, upstream: RunningUpstream, dsn: str, **extra: str) -> tuple[ServerProcess, ServerProcess]:
+    first = start_server(tmp_path / "a", upstream, THREADLOG_DATABASE_URL=dsn, **extra)
+    try:
+        second = start_server(tmp_path / "b", upstream, THREADLOG_DATABASE_URL=dsn, **extra)
+    except BaseException:
+        first.stop()
+        raise
+    return first, second
+
+
+def _run_events(server: ServerProcess, thread_id: str, run_id: str, last_event_id: str | None = None) -> list[Any]:
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    with (
+        http_client(server) as http,
+        http.stream("GET", f"/threads/{thread_id}/runs/{run_id}/events", headers=headers) as response,
+    ):
+        assert response.status_code == 200
+        return [e for e in SSEStream(response).read() if e.id is not None]
+
+
+def test_two_processes_serve_one_log(cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, upstream, cluster.create_database())
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        assistant = sdk_a.beta.assistants.create(model=MODEL, name="shared")
+        assert sdk_b.beta.assistants.retrieve(assistant.id).name == "shared"
+        thread = sdk_a.beta.threads.create()
+        written = [sdk_a.beta.threads.messages.create(thread.id, role="user", content=f"n{i}").id for i in range(5)]
+        assert [m.id for m in sdk_b.beta.threads.messages.list(thread.id, order="asc")] == written
+        # What B changes, A reads at once: A's memory of the thread must not hide B's write.
+        assert sdk_a.beta.threads.retrieve(thread.id).metadata == {}
+        sdk_b.beta.threads.update(thread.id, metadata={"by": "b"})
+        assert sdk_a.beta.threads.retrieve(thread.id).metadata == {"by": "b"}
+
+        # A run created on A (it executes there: 400 tokens, 100 ms apart), streamed from B.
+        sdk_a.beta.threads.messages.create(thread.id, role="user", content="slow: 100\nlong: 400")
+        run = sdk_a.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+        with (
+            http_client(b) as http,
+            http.stream("GET", f"/threads/{thread.id}/runs/{run.id}/events") as response,
+        ):
+            stream = SSEStream(response)
+            head = [e for e in stream.read(count_until("thread.message.delta", 5)) if e.id is not None]
+            assert upstream.stats()["open_streams"] >= 1
+            # Cancelled through B: A stops the model call and ends the run.
+            cancelling = sdk_b.beta.threads.runs.cancel(run.id, thread_id=thread.id)
+            assert cancelling.status == "cancelling"
+            rest = [e for e in stream.read() if e.id is not None]
+        seen = head + rest
+        assert [e.event for e in seen if e.event and e.event.startswith("thread.run.") and "step" not in e.event][
+            -2:
+        ] == ["thread.run.cancelling", "thread.run.cancelled"]
+        wait_for(lambda: upstream.stats()["open_streams"] == 0)
+        ended = sdk_a.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
+        assert ended.status == "cancelled" and ended.cancelled_at is not None
+        reply = [m for m in sdk_b.beta.threads.messages.list(thread.id) if m.run_id == run.id]
+        assert [m.status for m in reply] == ["incomplete"]
+        assert 5 <= len(message_value(reply[0]).split()) < 400
+
+        # Resumed on A from an event B delivered: exactly what followed it, the same bytes.
+        middle = head[len(head) // 2]
+        resumed = _run_events(a, thread.id, run.id, last_event_id=middle.id)
+        after_middle = seen[seen.index(middle) + 1 :]
+        assert [(e.id, e.event, e.data) for e in resumed] == [(e.id, e.event, e.data) for e in after_middle]
+    finally:
+        b.stop()
+        a.stop()
+
+
+def _start_stream(server: ServerProcess, assistant_id: str, text: str, stack: contextlib.ExitStack) -> Any:
+    http = stack.enter_context(http_client(server))
+    body = {"assistant_id": assistant_id, "stream": True, "thread": {"messages": [{"role": "user", "content": text}]}}
+    response = stack.enter_context(http.stream("POST", "/threads/runs", json=body))
+    assert response.status_code == 200
+    return SSEStream(response)
+
+
+def _read_until_cut(stream: SSEStream, into: list[SSEEvent]) -> None:
+    """The events a client got before its server was killed (the connection then breaks)."""
+    with contextlib.suppress(httpx.HTTPError):
+        into.extend(e for e in stream.read() if e.id is not None)
+
+
+def test_kill_9_of_the_executing_process(cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path) -> None:
+    a, b = _pair(tmp_path, upstream, cluster.create_database())
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        assistant = sdk_a.beta.assistants.create(model=MODEL, tools=WEATHER)
+        # Runs on the surviving process, streamed by the SDK's helper; they must never notice.
+        survivors = StreamingRuns(sdk_b, assistant.id)
+        surviving = [survivors.stream("long: 80\nslow: 100") for _ in range(3)]
+        survivors.wait_started(3)
+        # A run waiting for tool outputs on A, and 20 streaming runs executing on A.
+        waiting = sdk_a.beta.threads.create_and_run_poll(
+            assistant_id=assistant.id,
+            thread={"messages": [{"role": "user", "content": 'call: get_weather {"city": "Oslo"}'}]},
+        )
+        assert waiting.status == "requires_action"
+        with contextlib.ExitStack() as stack:
+            streams = [_start_stream(a, assistant.id, "long: 400\nslow: 100", stack) for _ in range(20)]
+            got: list[list[SSEEvent]] = []
+            for stream in streams:
+                got.append([e for e in stream.read(count_until("thread.message.delta", 2)) if e.id is not None])
+            a.kill9()
+            killed_at = time.monotonic()
+            for stream, events in zip(streams, got, strict=True):
+                _read_until_cut(stream, events)
+
+        # Each of A's runs ends, served by B: failed, server_error, its message incomplete.
+        taken_over = []
+        for events in got:
+            created = next(e.json() for e in events if e.event == "thread.run.created")
+            thread_id, run_id = created["thread_id"], created["id"]
+            run = wait_run(sdk_b, thread_id, run_id, statuses=("failed",), timeout=30)
+            taken_over.append(time.monotonic() - killed_at)
+            assert run.last_error is not None and run.last_error.code == "server_error"
+            messages = [m for m in sdk_b.beta.threads.messages.list(thread_id) if m.run_id == run_id]
+            assert [m.status for m in messages] == ["incomplete"]
+            # Every event a client was sent is in the log, as sent.
+            logged = {e.id: (e.event, e.data) for e in _run_events(b, thread_id, run_id)}
+            assert all(logged.get(e.id) == (e.event, e.data) for e in events), run_id
+        # Within the lease bound (7 s, plus the scan that notices), on a loaded machine too.
+        assert max(taken_over) < 7 + 7 / 3 + 10, taken_over
+
+        # The run that waited for outputs stays completable, now on B.
+        still = sdk_b.beta.threads.runs.retrieve(waiting.id, thread_id=waiting.thread_id)
+        assert still.status == "requires_action"
+        outputs: Any = [{"tool_call_id": c.id, "output": "sunny"} for c in pending_calls(still)]
+        done = sdk_b.beta.threads.runs.submit_tool_outputs_and_poll(
+            run_id=waiting.id, thread_id=waiting.thread_id, tool_outputs=outputs
+        )
+        assert done.status == "completed"
+
+        for future in surviving:
+            recorder, final = future.result(timeout=60)
+            assert final.status == "completed"
+            deltas = [e.data.delta.content[0].text.value for e in recorder.events if e.event == "thread.message.delta"]
+            assert len("".join(deltas).split()) == 80
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_a_stalled_process_loses_its_runs(cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path) -> None:
+    """A process that stops answering (SIGSTOP: alive, but silent) past its lease: another takes its
+    run over; when it wakes up it must not write another word of that run."""
+    a, b = _pair(tmp_path, upstream, cluster.create_database(), THREADLOG_RUN_LEASE_SECONDS="2")
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        assistant = sdk_a.beta.assistants.create(model=MODEL)
+        thread = sdk_a.beta.threads.create(messages=[{"role": "user", "content": "long: 300\nslow: 50"}])
+        run = sdk_a.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+        wait_run(sdk_b, thread.id, run.id, statuses=("in_progress",))
+        assert a.process is not None
+        a.process.send_signal(signal.SIGSTOP)
+        try:
+            failed = wait_run(sdk_b, thread.id, run.id, statuses=("failed",), timeout=30)
+        finally:
+            a.process.send_signal(signal.SIGCONT)
+        assert failed.last_error is not None and failed.last_error.code == "server_error"
+        settled = _run_events(b, thread.id, run.id)
+        # A is awake and serving again; after it has renewed its leases, the run's log is unchanged.
+        http = httpx.get(f"{a.root_url}/healthz", timeout=10)
+        assert http.status_code == 200
+        wait_for(lambda: "took it over" in a.log() or None, timeout=15)
+        assert [e.id for e in _run_events(b, thread.id, run.id)] == [e.id for e in settled]
+        assert settled[-1].event == "thread.run.failed"
+        assert sdk_a.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "failed"
+    finally:
+        b.stop()
+        a.stop()
+
+
+async def _lease_owners(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT run_id, owner FROM run_leases")
+    finally:
+        await conn.close()
+    return {row["run_id"]: int(row["owner"].split("/")[1]) for row in rows}
+
+
+def test_serve_workers(cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path) -> None:
+    """`threadlog serve --workers 2`: both workers answer on one port; a killed worker is replaced and
+    its runs taken over by the other."""
+    dsn = cluster.create_database()
+    server = ServerProcess(
+        data_dir=tmp_path / "data",
+        port=free_port(),
+        env={"THREADLOG_DATABASE_URL": dsn, "THREADLOG_UPSTREAM_BASE_URL": upstream.base_url},
+        args=("--workers", "2"),
+        log_level="info",
+    ).start()
+    try:
+        with httpx.Client(timeout=10) as http:
+
+            def pids() -> set[int]:
+                # fresh connections: the kernel spreads them across the workers
+                return {httpx.get(f"{server.root_url}/healthz", timeout=10).json()["pid"] for _ in range(40)}
+
+            workers = wait_for(lambda: pids() if len(pids()) == 2 else None, timeout=30)
+            assert server.process is not None and server.process.pid not in workers
+            sdk = make_sdk(server)
+            assistant = sdk.beta.assistants.create(model=MODEL)
+            runs = []
+            for _ in range(6):
+                thread = sdk.beta.threads.create(messages=[{"role": "user", "content": "long: 100\nslow: 100"}])
+                runs.append(sdk.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id))
+            for run in runs:
+                wait_run(sdk, run.thread_id, run.id, statuses=("in_progress",))
+            owners = asyncio.run(_lease_owners(dsn))  # which worker executes which run
+            assert {owners[run.id] for run in runs} <= workers
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            replaced = wait_for(lambda: pids() if len(pids()) == 2 and victim not in pids() else None, timeout=30)
+            assert victim not in replaced
+            ended = {run.id: wait_run(sdk, run.thread_id, run.id, timeout=60).status for run in runs}
+            assert ended == {run.id: "failed" if owners[run.id] == victim else "completed" for run in runs}
+            assert "exited with -9; starting another" in server.log()
+            assert http.get(f"{server.root_url}/readyz").status_code == 200
+    finally:
+        server.stop()
+    assert server.process is not None and server.process.returncode == 0, server.log()
