@@ -1,10 +1,11 @@
-"""Event append throughput and latency of the event store (group commit), per SQLite durability mode.
+"""Event append throughput and latency of the event log (group commit): SQLite per durability mode,
+and PostgreSQL beside it (`--modes NORMAL,FULL,postgres`; a private cluster on loopback, started here).
 
 Each appender appends 1-event batches in a loop to its own stream, awaiting each ack, with
 the production projector attached (so every commit also writes the projection position,
 and folded event types update their views in the same transaction).
 
-    python bench/bench_events.py [--quick]
+    python bench/bench_events.py [--quick] [--modes NORMAL,FULL,postgres]
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.machine import calibration, machine, uptime
+from events.log import EventLog
 from events.records import NewEvent
 from events.store import EventStore
 from projections import build_projector
@@ -34,7 +36,21 @@ PROMISES = {
     "the last commits before a power loss or OS crash may be lost (the WAL is fsynced at checkpoints).",
     "FULL": "WAL + synchronous=FULL: the WAL is fsynced at every commit, so an acknowledged append also "
     "survives power loss and OS crashes.",
+    "postgres": "PostgreSQL (Debian's server, a private cluster on loopback, default settings: fsync on, "
+    "synchronous_commit on): an acknowledged append survives power loss; positions taken under one row lock.",
 }
+
+_CLUSTER: Any = None  # the PostgreSQL cluster, started at the first postgres case
+
+
+def _postgres_dsn() -> str:
+    global _CLUSTER
+    if _CLUSTER is None:
+        from tests.pg_cluster import PostgresCluster
+
+        _CLUSTER = PostgresCluster(Path(tempfile.mkdtemp(prefix="threadlog-bench-pg-"))).start()
+    dsn: str = _CLUSTER.create_database()
+    return dsn
 
 
 def delta_event(message_id: str, n: int) -> NewEvent:
@@ -53,13 +69,19 @@ def plain_event(stream: str, n: int) -> NewEvent:
     return NewEvent("bench.tick", {"stream": stream, "n": n})
 
 
-async def open_store(path: Path, mode: str) -> EventStore:
-    store = EventStore(path, synchronous=mode, projector=build_projector())
+async def open_store(path: Path, mode: str, on_commit: Callable[[int, float], None] | None = None) -> EventLog:
+    store: EventLog
+    if mode == "postgres":
+        from events.postgres import PostgresEventLog
+
+        store = PostgresEventLog(_postgres_dsn(), projector=build_projector(), on_commit=on_commit)
+    else:
+        store = EventStore(path, synchronous=mode, projector=build_projector(), on_commit=on_commit)
     await store.open()
     return store
 
 
-async def seed_messages(store: EventStore, streams: list[str]) -> None:
+async def seed_messages(store: EventLog, streams: list[str]) -> None:
     """One thread + in-progress message per stream, for the delta workload to fold into."""
     for stream in streams:
         message = {
@@ -84,20 +106,19 @@ async def seed_messages(store: EventStore, streams: list[str]) -> None:
 async def throughput(
     path: Path, mode: str, appenders: int, per_appender: int, kind: str
 ) -> tuple[float, int, int, float]:
-    """events/s, appends, transactions, process CPU seconds (all threads, incl. SQLite's)."""
-    store = await open_store(path, mode)
+    """events/s, appends, transactions, process CPU seconds (all threads, incl. SQLite's; not the
+    PostgreSQL server's own)."""
+    transactions = 0
+
+    def counting(events: int, seconds: float) -> None:
+        nonlocal transactions
+        transactions += 1
+
+    store = await open_store(path, mode, counting)
     streams = [f"thread_{appenders}_{i}" for i in range(appenders)]
     if kind == "delta":
         await seed_messages(store, streams)
     transactions = 0
-    original: Callable[[list[Any]], Awaitable[None]] = store._commit_batch
-
-    async def counting(batch: list[Any]) -> None:
-        nonlocal transactions
-        transactions += 1
-        await original(batch)
-
-    store._commit_batch = counting  # type: ignore[method-assign]
 
     async def appender(stream: str) -> None:
         def make(n: int) -> NewEvent:
@@ -154,9 +175,9 @@ def main() -> None:
     summary: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
-            print(f"== synchronous={mode}")
+            print(f"== {'PostgreSQL' if mode == 'postgres' else f'synchronous={mode}'}")
             print(f"   {PROMISES[mode]}")
-            summary.append(f"   synchronous={mode}: {PROMISES[mode]}")
+            summary.append(f"   {mode if mode == 'postgres' else 'synchronous=' + mode}: {PROMISES[mode]}")
             for kind, label in (("plain", "log-only events"), ("delta", "message deltas folded into views")):
                 for appenders in (1, 16, 256):
                     per = max(1, budget[appenders] // appenders)
@@ -191,6 +212,8 @@ def main() -> None:
     print(f"   uptime: {uptime()}")
     print(f"   event loop: {loop_name}; setting: THREADLOG_SQLITE_SYNCHRONOUS / --synchronous (default NORMAL)")
     print("\n".join(summary))
+    if _CLUSTER is not None:
+        _CLUSTER.stop()
 
 
 if __name__ == "__main__":

@@ -319,17 +319,39 @@ def _uvloop() -> Any:
         return None
 
 
+def family(pid: int) -> list[int]:
+    """The server process and, under `serve --workers`, its worker processes."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *(int(child) for child in children)]
+
+
 def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak RSS of the server (summed over its workers)."""
+    total = 0.0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total or float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    total = 0.0
+    for member in family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
 
 
 def reset_peak_rss(pid: int) -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0, needs ptrace rights over `pid`)."""
     try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        for member in family(pid):
+            Path(f"/proc/{member}/clear_refs").write_text("5")
         return True
     except OSError:
         return False
@@ -339,14 +361,17 @@ _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
+    """User + system CPU time of a process (all its threads; and its live worker processes) so far."""
     if pid is None:
         return float("nan")
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    total = 0.0
+    for member in family(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return float("nan")
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
 
 
 def goal(ok: bool) -> str:
@@ -780,14 +805,7 @@ async def concurrent(bench: Bench, runs: int, tokens: int, pace_ms: int, check_l
     text = bench.upstream.stamped_text("c", tokens, pace_ms) if stamped else bench.upstream.long_text(tokens, pace_ms)
     threads = await bench.threads([text] * runs)
     assert bench.pid is not None
-    rss_before = (
-        int(
-            next(
-                line for line in Path(f"/proc/{bench.pid}/status").read_text().splitlines() if line.startswith("VmRSS:")
-            ).split()[1]
-        )
-        / 1024
-    )
+    rss_before = rss_mb(bench.pid)
     reset = reset_peak_rss(bench.pid)
     cpu0 = cpu_seconds(bench.pid), cpu_seconds(bench.upstream.pid), time.process_time()
     started = time.perf_counter()
@@ -950,7 +968,8 @@ async def _section_concurrent(args: argparse.Namespace, bench: Bench) -> list[st
     )
     print(
         f"4. {many['runs']} concurrent streaming runs ({args.concurrent_tokens} tokens each, "
-        f"paced {args.concurrent_pace_ms} ms) in one server process   [{load()}]"
+        f"paced {args.concurrent_pace_ms} ms) in {args.workers} server process(es)"
+        f" ({'PostgreSQL' if args.postgres else 'SQLite'})   [{load()}]"
     )
     _print_concurrent(many, args)
     if many["log_checked"]:
@@ -1053,6 +1072,8 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics", choices=("on", "off"), default="on", help="off: the server counts nothing (THREADLOG_METRICS=off)"
     )
     parser.add_argument("--check-log", type=int, default=10, help="section 4: runs compared with their log")
+    parser.add_argument("--postgres", action="store_true", help="the log in PostgreSQL (a private cluster)")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N (with --postgres)")
     parser.add_argument("--sections", default="1,2,3,4,5", help="which measurements to run, e.g. 1,3")
     parser.add_argument("--repeat", type=int, default=None, help="runs of sections 1-3; the summary shows the best")
     parser.add_argument("--serve-lean-upstream", metavar="PORT_FILE", help=argparse.SUPPRESS)
@@ -1076,13 +1097,19 @@ def main(argv: list[str] | None = None) -> int:
 
     upstream = start_lean_upstream() if args.upstream == "lean" else start_fake_upstream()
     data_dir = Path(tempfile.mkdtemp(prefix="threadlog-bench-")) / "data"
+    env = {
+        "THREADLOG_UPSTREAM_BASE_URL": upstream.base_url,
+        "THREADLOG_UPSTREAM_MAX_RETRIES": "0",
+        "THREADLOG_METRICS": args.metrics,
+    }
+    cluster = None
+    if args.postgres:
+        from tests.pg_cluster import PostgresCluster
+
+        cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="threadlog-bench-pg-"))).start()
+        env["THREADLOG_DATABASE_URL"] = cluster.create_database()
     server = ServerProcess(
-        data_dir=data_dir,
-        env={
-            "THREADLOG_UPSTREAM_BASE_URL": upstream.base_url,
-            "THREADLOG_UPSTREAM_MAX_RETRIES": "0",
-            "THREADLOG_METRICS": args.metrics,
-        },
+        data_dir=data_dir, env=env, args=("--workers", str(args.workers)) if args.workers > 1 else ()
     ).start()
     print(f"machine: {machine()}")
     print(f"server pid {server.process.pid if server.process else '?'}; {args.upstream} upstream {upstream.base_url}")
@@ -1096,10 +1123,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         upstream.stop()
+        if cluster is not None:
+            cluster.stop()
     print()
     print("=" * 100)
     print(
         f"SUMMARY bench_runs ({args.upstream} upstream, {time.perf_counter() - started:.0f} s, end {load()};"
+        f" {'PostgreSQL' if args.postgres else 'SQLite'}, {args.workers} server process(es);"
         f" sections 1-3 best of {args.repeat}; metrics {args.metrics})"
     )
     print(f"machine: {machine()}")

@@ -6,6 +6,9 @@ leases lapse and another process takes them over and settles the runs as a resta
 Taking a lease is not what decides who may resume or cancel a run (that is an append with an
 expected version): the lease says who is responsible now, and lets another notice it is gone.
 
+The same leases name the process ingesting a vector store file (key `ingest:<store>/<file>`):
+one process at a time writes a file's rows, and another resumes the work if it dies.
+
 Two kinds: `LocalRunLeases`, for a log one process owns (SQLite: nobody else can take over,
 start-up recovery settles what a crash left), and the PostgreSQL ones (events/postgres_leases.py),
 shared by every process on that database.

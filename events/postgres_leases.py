@@ -1,10 +1,10 @@
 """Run leases in PostgreSQL, shared by every server process on the database (see events/leases.py).
 
-One row per run that has not ended: its owner and when the lease lapses, in the database's own
-clock (so machines whose clocks disagree still agree on who is dead). The owner renews all of its
-rows in one statement. A cancel asked of another process sets the row's flag and sends
-`NOTIFY threadlog_control`: the notification is the prompt path, the flag (read back at each
-renewal) the one that cannot be missed.
+One row per run that has not ended (and per vector store file being ingested): its owner and
+when the lease lapses, in the database's own clock (so machines whose clocks disagree still
+agree on who is dead). The owner renews all of its rows in one statement. A cancel asked of
+another process sets the row's flag and sends `NOTIFY threadlog_control`: the notification is
+the prompt path, the flag (read back at each renewal) the one that cannot be missed.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ _OPEN_STATUSES = ("queued", "in_progress", "cancelling", "requires_action")
 _OPEN_LIST = ", ".join(f"'{status}'" for status in _OPEN_STATUSES)
 
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS run_leases (
-    run_id           TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS leases (
+    key              TEXT PRIMARY KEY,        -- a run id, or ingest:<store>/<file>
     owner            TEXT NOT NULL,
     expires_at       TIMESTAMPTZ NOT NULL,
     cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
 );
-CREATE INDEX IF NOT EXISTS run_leases_owner ON run_leases (owner);
-CREATE INDEX IF NOT EXISTS run_leases_expiry ON run_leases (expires_at);
+CREATE INDEX IF NOT EXISTS leases_owner ON leases (owner);
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
 -- the runs that have not ended, for the scan that finds one nobody holds
 CREATE INDEX IF NOT EXISTS views_open_runs ON views (id)
     WHERE kind = 'run' AND (doc::jsonb ->> 'status') IN ({_OPEN_LIST});
@@ -77,33 +77,33 @@ class PostgresRunLeases:
                 await self._listener.close()
             self._listener = None
 
-    async def claim(self, run_id: str) -> None:
+    async def claim(self, key: str) -> None:
         await self._pool.execute(
-            "INSERT INTO run_leases (run_id, owner, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3)) "
-            "ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, "
+            "INSERT INTO leases (key, owner, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3)) "
+            "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, "
             "cancel_requested = FALSE",
-            run_id,
+            key,
             self.owner,
             self.ttl_s,
         )
 
-    async def take_over(self, run_id: str) -> tuple[bool, bool]:
+    async def take_over(self, key: str) -> tuple[bool, bool]:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "UPDATE run_leases SET owner = $2, expires_at = now() + make_interval(secs => $3) "
-                "WHERE run_id = $1 AND (expires_at < now() OR owner = ANY($4::text[])) RETURNING cancel_requested",
-                run_id,
+                "UPDATE leases SET owner = $2, expires_at = now() + make_interval(secs => $3) "
+                "WHERE key = $1 AND (expires_at < now() OR owner = ANY($4::text[])) RETURNING cancel_requested",
+                key,
                 self.owner,
                 self.ttl_s,
                 self._dead,
             )
             if row is None:  # no lease at all: only once the run has been quiet for a whole lease
                 row = await conn.fetchrow(
-                    "INSERT INTO run_leases (run_id, owner, expires_at) "
+                    "INSERT INTO leases (key, owner, expires_at) "
                     "SELECT $1, $2, now() + make_interval(secs => $3) "
                     f"WHERE {_LAST_EVENT_AGE.format(run='$1')} > $3 "
-                    "ON CONFLICT (run_id) DO NOTHING RETURNING cancel_requested",
-                    run_id,
+                    "ON CONFLICT (key) DO NOTHING RETURNING cancel_requested",
+                    key,
                     self.owner,
                     self.ttl_s,
                 )
@@ -111,27 +111,27 @@ class PostgresRunLeases:
             return False, False
         return True, bool(row["cancel_requested"])
 
-    async def release(self, run_id: str, *, whoever_holds_it: bool = False) -> None:
+    async def release(self, key: str, *, whoever_holds_it: bool = False) -> None:
         if whoever_holds_it:
-            await self._pool.execute("DELETE FROM run_leases WHERE run_id = $1", run_id)
+            await self._pool.execute("DELETE FROM leases WHERE key = $1", key)
         else:
-            await self._pool.execute("DELETE FROM run_leases WHERE run_id = $1 AND owner = $2", run_id, self.owner)
+            await self._pool.execute("DELETE FROM leases WHERE key = $1 AND owner = $2", key, self.owner)
 
     async def renew(self) -> set[str]:
         rows = await self._pool.fetch(
-            "UPDATE run_leases SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 "
-            "RETURNING run_id, cancel_requested",
+            "UPDATE leases SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 "
+            "RETURNING key, cancel_requested",
             self.owner,
             self.ttl_s,
         )
         for row in rows:
             if row["cancel_requested"]:
-                self._cancel_requested(row["run_id"])
-        return {row["run_id"] for row in rows}
+                self._cancel_requested(row["key"])
+        return {row["key"] for row in rows}
 
     async def lapse_all(self) -> None:
         await self._pool.execute(
-            "UPDATE run_leases SET expires_at = now() - interval '1 second' WHERE owner = $1", self.owner
+            "UPDATE leases SET expires_at = now() - interval '1 second' WHERE owner = $1", self.owner
         )
 
     async def lapsed(self) -> list[str]:
@@ -139,34 +139,35 @@ class PostgresRunLeases:
         those need not wait until they lapse, a restart takes them over at once."""
         await self._find_dead_neighbours()
         rows = await self._pool.fetch(
-            "SELECT run_id FROM run_leases WHERE expires_at < now() OR owner = ANY($2::text[]) "
+            "SELECT key FROM leases WHERE (expires_at < now() OR owner = ANY($2::text[])) "
+            "AND starts_with(key, 'run_') "
             "UNION "
             f"SELECT v.id FROM views v WHERE v.kind = 'run' AND (v.doc::jsonb ->> 'status') IN ({_OPEN_LIST}) "
-            "AND NOT EXISTS (SELECT 1 FROM run_leases l WHERE l.run_id = v.id) "
+            "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.key = v.id) "
             f"AND {_LAST_EVENT_AGE.format(run='v.id')} > $1",
             self.ttl_s,
             self._dead,
         )
-        return [row["run_id"] for row in rows]
+        return [row["key"] for row in rows]
 
     async def _find_dead_neighbours(self) -> None:
         host = socket.gethostname()
         owners = await self._pool.fetch(
-            "SELECT DISTINCT owner FROM run_leases WHERE owner <> $1 AND starts_with(owner, $2)", self.owner, host + "/"
+            "SELECT DISTINCT owner FROM leases WHERE owner <> $1 AND starts_with(owner, $2)", self.owner, host + "/"
         )
         self._dead = [row["owner"] for row in owners if not _alive(row["owner"].split("/")[1])]
 
-    async def request_cancel(self, run_id: str) -> bool:
+    async def request_cancel(self, key: str) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
             owner = await conn.fetchval(
-                "UPDATE run_leases SET cancel_requested = TRUE "
-                "WHERE run_id = $1 AND expires_at >= now() AND NOT owner = ANY($2::text[]) RETURNING owner",
-                run_id,
+                "UPDATE leases SET cancel_requested = TRUE "
+                "WHERE key = $1 AND expires_at >= now() AND NOT owner = ANY($2::text[]) RETURNING owner",
+                key,
                 self._dead,
             )
             if owner is None:
                 return False
-            await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, f"cancel {owner} {run_id}")
+            await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, f"cancel {owner} {key}")
         return True
 
     def on_cancel_requested(self, callback: Callable[[str], None]) -> None:
@@ -174,16 +175,16 @@ class PostgresRunLeases:
 
     def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         verb, _, rest = payload.partition(" ")
-        owner, _, run_id = rest.partition(" ")
+        owner, _, key = rest.partition(" ")
         if verb == "cancel" and owner == self.owner:
-            self._cancel_requested(run_id)
+            self._cancel_requested(key)
 
-    def _cancel_requested(self, run_id: str) -> None:
+    def _cancel_requested(self, key: str) -> None:
         for callback in self._callbacks:
             try:
-                callback(run_id)
+                callback(key)
             except Exception:
-                logger.exception("cancel request for run %s failed", run_id)
+                logger.exception("cancel request for run %s failed", key)
 
 
 def _alive(pid: str) -> bool:

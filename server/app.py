@@ -144,7 +144,9 @@ def create_app(settings: Settings) -> Starlette:
                 log_content=settings.log_content,
                 leases=leases,
             )
-            svc = Services(settings=settings, store=store, views=views, runs=manager, directory=directory)
+            svc = Services(
+                settings=settings, store=store, views=views, runs=manager, directory=directory, leases=leases
+            )
             await directory.load(views)
             if not store.exclusive:  # other processes change projects and keys too
                 follower = asyncio.create_task(directory.follow(store, views), name="directory-follower")
@@ -170,6 +172,9 @@ def create_app(settings: Settings) -> Starlette:
             opened.callback(supervisor.cancel)
             if stores is not None:
                 await stores.recover()
+                if not store.exclusive:
+                    ingestions = asyncio.create_task(stores.supervise(), name="ingestion-leases")
+                    opened.callback(ingestions.cancel)
             settle_heap()
             logger.info(startup_line(svc, providers), extra={"event": "startup"})
             yield

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
+from events.leases import LocalRunLeases, RunLeases
 from events.log import EventLog
 from projections.views import ViewReader
 from server.config import Settings
@@ -26,6 +27,7 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     draining: bool = False  # a graceful shutdown began: no new runs (server/shutdown.py)
     directory: Directory | None = None  # projects and keys (server/projects.py)
+    leases: RunLeases = field(default_factory=LocalRunLeases)  # who answers for runs and ingestions
 
     def require_served_model(self, model: str) -> None:
         """400 `model_not_found` when no configured provider serves `model`: an assistant is

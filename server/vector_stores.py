@@ -49,6 +49,10 @@ def static_chunking(strategy: dict[str, Any] | None, auto: tuple[int, int]) -> d
     return {"type": "static", "static": {"max_chunk_size_tokens": auto[0], "chunk_overlap_tokens": auto[1]}}
 
 
+def _ingestion_key(store_id: str, file_id: str) -> str:
+    return f"ingest:{store_id}/{file_id}"
+
+
 async def vector_store_object(svc: Services, doc: dict[str, Any]) -> dict[str, Any]:
     """A store with its derived parts (file counts, usage, status) computed from its files."""
     files = await svc.views.list("vector_store_file", parent_id=doc["id"], limit=100_000)
@@ -83,8 +87,8 @@ class VectorStores:
         self.auto_chunking = auto_chunking_for(window) if window else (auto_chunking or auto_chunking_for(None))
         self._tasks: set[asyncio.Task[None]] = set()
         self._limit = asyncio.Semaphore(2)
-        self._ingested = asyncio.Condition()
         self._pending: dict[str, int] = {}
+        self._active: set[tuple[str, str]] = set()  # (store, file) ingesting or queued here
         metrics.watch(metrics.INGESTION_QUEUE, lambda: sum(self._pending.values()))
 
     def new_id(self) -> str:
@@ -118,6 +122,7 @@ class VectorStores:
         strategy = static_chunking(chunking, self.auto_chunking)
         for file_id in file_ids or []:
             events.append(NewEvent("vector_store.file.created", vs_file_object(store_id, file_id, strategy, None)))
+        await asyncio.gather(*(self._claim(store_id, file_id) for file_id in file_ids or []))
         await self.svc.store.append(store_id, events, expected_version=0)
         for file_id in file_ids or []:
             self.ingest(store_id, file_id)
@@ -127,11 +132,19 @@ class VectorStores:
         self, store_id: str, file_id: str, chunking: dict[str, Any] | None, attributes: Any
     ) -> dict[str, Any]:
         obj = vs_file_object(store_id, file_id, static_chunking(chunking, self.auto_chunking), attributes)
+        await self._claim(store_id, file_id)
         await self.svc.store.append(store_id, [NewEvent("vector_store.file.created", obj)])
         self.ingest(store_id, file_id)
         return obj
 
+    async def _claim(self, store_id: str, file_id: str) -> None:
+        """Before the file is listed `in_progress`: so a file being ingested always has a lease, and
+        another process sharing the log never ingests it at the same time (LanceDB on object storage
+        does not arbitrate two writers of one table)."""
+        await self.svc.leases.claim(_ingestion_key(store_id, file_id))
+
     def ingest(self, store_id: str, file_id: str) -> None:
+        self._active.add((store_id, file_id))
         task = asyncio.create_task(self._ingest(store_id, file_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -144,8 +157,9 @@ class VectorStores:
             self._pending[store_id] -= 1
             if not self._pending[store_id]:
                 del self._pending[store_id]
-            async with self._ingested:
-                self._ingested.notify_all()
+            self._active.discard((store_id, file_id))
+            with contextlib.suppress(Exception):
+                await self.svc.leases.release(_ingestion_key(store_id, file_id))
         if store_id not in self._pending:
             # The store's queue drained: fold the rows written since the last fold into
             # the FTS index now, in the background, instead of after every file.
@@ -157,17 +171,19 @@ class VectorStores:
     async def wait_ready(self, store_ids: list[str], timeout: float = 120.0) -> None:
         """Runs search only once the stores' files are ingested, as OpenAI's runs wait too."""
 
-        async def pending() -> bool:
-            for store_id in store_ids:
-                if await self.svc.views.find("vector_store_file", store_id, ("in_progress",)):
-                    return True
-            return False
+        async def pending(store_id: str) -> bool:
+            return bool(await self.svc.views.find("vector_store_file", store_id, ("in_progress",)))
 
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while await pending():
-                    async with self._ingested:
-                        await self._ingested.wait()
+                for store_id in store_ids:
+                    # The store's own events tell when a file is done, whichever process ingests it.
+                    changes = self.svc.store.subscribe_batches(stream_id=store_id, after=self.svc.store.head)
+                    try:
+                        while await pending(store_id):
+                            await anext(changes)
+                    finally:
+                        await changes.aclose()  # type: ignore[attr-defined]
 
     async def remove_file_everywhere(self, file_id: str) -> None:
         """A deleted file leaves every store it was in, chunks included."""
@@ -241,9 +257,24 @@ class VectorStores:
                 await self.svc.store.append(store_id, [NewEvent("vector_store.file.failed", failed)])
 
     async def recover(self) -> None:
-        """Files whose ingestion a restart interrupted are ingested again."""
+        """Files whose ingestion a restart (or, on a shared log, another process's death) interrupted
+        are ingested again: those whose lease this process gets."""
         for doc in await self.svc.views.all_of_kind("vector_store_file", ("in_progress",)):
-            self.ingest(doc["vector_store_id"], doc["id"])
+            store_id, file_id = doc["vector_store_id"], doc["id"]
+            if (store_id, file_id) in self._active:
+                continue
+            taken, _ = await self.svc.leases.take_over(_ingestion_key(store_id, file_id))
+            if taken:
+                self.ingest(store_id, file_id)
+
+    async def supervise(self) -> None:
+        """On a shared log: take over the ingestions of processes that died, once their leases lapse."""
+        while True:
+            await asyncio.sleep(self.svc.leases.ttl_s)
+            try:
+                await self.recover()
+            except Exception:
+                logger.exception("taking over interrupted ingestions failed")
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

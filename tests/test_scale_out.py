@@ -221,10 +221,10 @@ def test_a_stalled_process_loses_its_runs(cluster: PostgresCluster, upstream: Ru
 async def _lease_owners(dsn: str) -> dict[str, int]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch("SELECT run_id, owner FROM run_leases")
+        rows = await conn.fetch("SELECT key, owner FROM leases")
     finally:
         await conn.close()
-    return {row["run_id"]: int(row["owner"].split("/")[1]) for row in rows}
+    return {row["key"]: int(row["owner"].split("/")[1]) for row in rows}
 
 
 def test_serve_workers(cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path) -> None:
@@ -268,3 +268,47 @@ def test_serve_workers(cluster: PostgresCluster, upstream: RunningUpstream, tmp_
     finally:
         server.stop()
     assert server.process is not None and server.process.returncode == 0, server.log()
+
+
+def test_vector_stores_across_processes(cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path) -> None:
+    """Two processes on one log and one data dir (files, LanceDB): a file uploaded through A, a vector
+    store made through B (which ingests it, holding the file's lease), searched through A; a run on A
+    searches it with file_search and cites it."""
+    dsn = cluster.create_database()
+    shared = tmp_path / "shared"
+    a = start_server(shared, upstream, THREADLOG_DATABASE_URL=dsn)
+    b = start_server(shared, upstream, THREADLOG_DATABASE_URL=dsn)
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        zebra = sdk_a.files.create(
+            file=("zebra.txt", b"Zebras are striped horses native to the savannas of East Africa."),
+            purpose="assistants",
+        )
+        python = sdk_a.files.create(
+            file=("python.md", b"# Python\nPython is a programming language with generators."), purpose="assistants"
+        )
+        store = sdk_b.vector_stores.create(name="kb", file_ids=[zebra.id, python.id])
+        ready = wait_for(
+            lambda: (s := sdk_a.vector_stores.retrieve(store.id)) and s.file_counts.completed == 2 and s,
+            timeout=120,
+            interval=0.2,
+        )
+        assert ready.file_counts.failed == 0 and ready.file_counts.total == 2
+        hits = list(sdk_a.vector_stores.search(store.id, query="Where do zebras live?"))
+        assert hits[0].file_id == zebra.id and "savannas" in hits[0].content[0].text
+        assert asyncio.run(_lease_owners(dsn)) == {}  # every ingestion released its lease
+        assistant = sdk_a.beta.assistants.create(
+            model=MODEL,
+            tools=[{"type": "file_search"}],
+            tool_resources={"file_search": {"vector_store_ids": [store.id]}},
+        )
+        thread = sdk_a.beta.threads.create(messages=[{"role": "user", "content": "search: zebras savannas"}])
+        run = sdk_a.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+        assert run.status == "completed"
+        [reply] = [m for m in sdk_b.beta.threads.messages.list(thread.id) if m.role == "assistant"]
+        annotation = reply.content[0].text.annotations[0]  # type: ignore[union-attr]
+        assert annotation.type == "file_citation"
+        assert annotation.file_citation.file_id == zebra.id  # type: ignore[union-attr]
+    finally:
+        b.stop()
+        a.stop()
