@@ -54,7 +54,11 @@ class CodeInterpreter:
             disk_quota_bytes=settings.code_disk_quota_mb << 20,
             disk_reserve_bytes=settings.disk_reserve_mb << 20,
         )
-        manager = SandboxManager(settings.sandbox_dir, limits, allow_unsandboxed=settings.allow_unsandboxed_code)
+        # Processes that share a data dir each keep their sessions apart: one session's /mnt/data
+        # image must never be mounted by two kernels. What a run wrote there is in the file store
+        # (see `_input_files`), and so reaches a session on any process.
+        root = settings.sandbox_dir if svc.store.exclusive else settings.sandbox_dir / f"process-{os.getpid()}"
+        manager = SandboxManager(root, limits, allow_unsandboxed=settings.allow_unsandboxed_code)
         logger.info("code_interpreter memory cap: %s", manager.memory_cap)
         metrics.watch_sandbox(lambda: manager.live_sessions, lambda: manager.kills)
         return cls(svc, manager, None)
@@ -68,6 +72,10 @@ class CodeInterpreter:
         assert self.sandboxes is not None
         code = str(arguments.get("code") or "")
         inputs = await self._input_files(run)
+        if not self.sandboxes.has_session(run["thread_id"]):
+            # A new session (another process ran this thread before, or this one restarted): the
+            # files earlier runs left in /mnt/data come back from the file store.
+            inputs = [*await self._earlier_outputs(run["thread_id"]), *inputs]
         try:
             result = await self.sandboxes.execute(run["thread_id"], code, inputs)
         except SandboxUnavailable as exc:
@@ -112,6 +120,28 @@ class CodeInterpreter:
             if doc is not None and path.exists():
                 data = await anyio.to_thread.run_sync(path.read_bytes)
                 files.append(InputFile(name=safe_file_name(doc["filename"], file_id), data=data))
+        return files
+
+    async def _earlier_outputs(self, thread_id: str) -> list[InputFile]:
+        """The files code wrote to /mnt/data in the thread's earlier runs, as the messages cite them
+        (images shown, files linked), oldest first: a later file of the same name wins."""
+        messages = await self.svc.views.list("message", parent_id=thread_id, limit=100_000, order="asc")
+        ids: list[str] = []
+        for message in messages.data:
+            for part in message.get("content") or []:
+                if part.get("type") == "image_file":
+                    ids.append(part["image_file"]["file_id"])
+                for note in (part.get("text") or {}).get("annotations") or []:
+                    if note.get("type") == "file_path":
+                        ids.append(note["file_path"]["file_id"])
+        files = []
+        for file_id in dict.fromkeys(ids):
+            doc = await self.svc.views.get("file", file_id)
+            path = self.svc.settings.files_dir / file_id
+            if doc is not None and doc.get("purpose") == "assistants_output" and path.exists():
+                data = await anyio.to_thread.run_sync(path.read_bytes)
+                name = safe_file_name(doc["filename"].removeprefix("/mnt/data/"), file_id)
+                files.append(InputFile(name=name, data=data))
         return files
 
     async def _store_output(self, produced: OutputFile) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -309,6 +310,36 @@ def test_vector_stores_across_processes(cluster: PostgresCluster, upstream: Runn
         annotation = reply.content[0].text.annotations[0]  # type: ignore[union-attr]
         assert annotation.type == "file_citation"
         assert annotation.file_citation.file_id == zebra.id  # type: ignore[union-attr]
+    finally:
+        b.stop()
+        a.stop()
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+def test_code_interpreter_files_follow_the_thread(
+    cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    """A thread's run on A writes /mnt/data/table.csv; its next run, on B, reads it (from the file
+    store); the interpreter's variables stay with A's session."""
+    dsn = cluster.create_database()
+    shared = tmp_path / "shared"
+    a = start_server(shared, upstream, THREADLOG_DATABASE_URL=dsn)
+    b = start_server(shared, upstream, THREADLOG_DATABASE_URL=dsn)
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        coder = sdk_a.beta.assistants.create(model=MODEL, tools=[{"type": "code_interpreter"}])
+        code = "x = 41\nopen('/mnt/data/table.csv', 'w').write('a,b\\n1,2\\n')"
+        thread = sdk_a.beta.threads.create(messages=[{"role": "user", "content": f"code: {code}"}])
+        first = sdk_a.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=coder.id)
+        assert first.status == "completed", first.last_error
+        read = "print(open('/mnt/data/table.csv').read().strip()); print('x' in globals())"
+        sdk_b.beta.threads.messages.create(thread.id, role="user", content=f"code: {read}")
+        second = sdk_b.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=coder.id)
+        assert second.status == "completed", second.last_error
+        steps = sdk_b.beta.threads.runs.steps.list(second.id, thread_id=thread.id, order="asc").data
+        [call] = [c for s in steps if s.type == "tool_calls" for c in s.step_details.tool_calls]  # type: ignore[union-attr]
+        logs = "".join(o.logs for o in call.code_interpreter.outputs if o.type == "logs")  # type: ignore[union-attr]
+        assert logs.split() == ["a,b", "1,2", "False"]
     finally:
         b.stop()
         a.stop()

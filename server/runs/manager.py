@@ -452,19 +452,23 @@ class RunManager:
         it answers. If that process is gone, take the run over and cancel it here. Returns the
         `cancelling` run, or None when the run paused for tool outputs meanwhile."""
         run_id, thread_id = run["id"], run["thread_id"]
-        for _ in range(6):
+        deadline = time.monotonic() + 3 * self.leases.ttl_s  # an owner that neither answers nor dies
+        while time.monotonic() < deadline:
             events = self.store.subscribe_batches(stream_id=thread_id, after=self.store.head)
             try:
                 current = await self.views.get("run", run_id)
                 if current is None or current["status"] not in _EXECUTING:
                     return await self._answered(current)
-                if not await self.leases.request_cancel(run_id):
+                asked = await self.leases.request_cancel(run_id)
+                if not asked:
                     taken, _ = await self.leases.take_over(run_id)
                     if taken:
                         await self._settle_orphan(run_id, cancel=True)
                         return {**current, "status": "cancelling"}
+                # Not asked: its owner is gone (its lease is about to lapse) or has only just
+                # started it (its claim is still on the way): look again soon.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.leases.ttl_s):
+                    async with asyncio.timeout(self.leases.ttl_s if asked else 0.25):
                         async for batch in events:
                             for event in batch:
                                 if event.run_id != run_id or event.data.get("object") != "thread.run":

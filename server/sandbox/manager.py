@@ -144,6 +144,10 @@ class SandboxManager:
                 finally:
                     session.last_used = time.monotonic()
 
+    def has_session(self, session_id: str) -> bool:
+        """Whether this manager has the session (its kernel may have idled out; its files are kept)."""
+        return session_id in self._sessions or (self.work_root / session_id).exists()
+
     async def close_session(self, session_id: str) -> None:
         """Stop the session's processes now (a running call ends with an error); files stay on disk."""
         session = self._sessions.pop(session_id, None)
