@@ -24,6 +24,7 @@ from server import __version__, metrics, storage, tracing
 from server.builtins import Builtins
 from server.config import Settings
 from server.errors import APIError, error_response, exception_handlers
+from server.file_store import file_store, object_storage_options
 from server.gc_policy import settle_heap
 from server.limits import BodyLimit, CatchAll
 from server.projects import Directory, ProjectAccess
@@ -145,7 +146,13 @@ def create_app(settings: Settings) -> Starlette:
                 leases=leases,
             )
             svc = Services(
-                settings=settings, store=store, views=views, runs=manager, directory=directory, leases=leases
+                settings=settings,
+                store=store,
+                views=views,
+                runs=manager,
+                directory=directory,
+                leases=leases,
+                files=file_store(settings.files_uri, settings.files_dir, settings.env),
             )
             await directory.load(views)
             if not store.exclusive:  # other processes change projects and keys too
@@ -209,7 +216,11 @@ def _vector_stores(svc: Services) -> Any:
     except ImportError as exc:
         logger.warning("vector stores disabled: %s", exc)
         return None
-    index = VectorIndex(svc.settings.vector_uri, embedder_from_env(svc.settings.env))
+    uri = svc.settings.vector_uri
+    options = object_storage_options(svc.settings.env) if uri.startswith("s3://") else None
+    index = VectorIndex(
+        uri, embedder_from_env(svc.settings.env), storage_options=options, shared=not svc.store.exclusive
+    )
     stores = VectorStores(svc, index, AUTO_CHUNKING)
     svc.extras["vector_stores"] = stores
     svc.extras["on_file_deleted"] = stores.remove_file_everywhere

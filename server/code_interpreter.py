@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -116,9 +116,8 @@ class CodeInterpreter:
         files = []
         for file_id in dict.fromkeys(ids):
             doc = await views.get("file", file_id)
-            path = self.svc.settings.files_dir / file_id
-            if doc is not None and path.exists():
-                data = await anyio.to_thread.run_sync(path.read_bytes)
+            data = await self.svc.files.read(file_id) if doc is not None else None
+            if doc is not None and data is not None:
                 files.append(InputFile(name=safe_file_name(doc["filename"], file_id), data=data))
         return files
 
@@ -137,9 +136,10 @@ class CodeInterpreter:
         files = []
         for file_id in dict.fromkeys(ids):
             doc = await self.svc.views.get("file", file_id)
-            path = self.svc.settings.files_dir / file_id
-            if doc is not None and doc.get("purpose") == "assistants_output" and path.exists():
-                data = await anyio.to_thread.run_sync(path.read_bytes)
+            if doc is None or doc.get("purpose") != "assistants_output":
+                continue
+            data = await self.svc.files.read(file_id)
+            if data is not None:
                 name = safe_file_name(doc["filename"].removeprefix("/mnt/data/"), file_id)
                 files.append(InputFile(name=name, data=data))
         return files
@@ -147,24 +147,11 @@ class CodeInterpreter:
     async def _store_output(self, produced: OutputFile) -> str:
         """Move the sandbox's output into the file store (streamed: never whole in memory)."""
         file_id = new_id("file-")
-        directory = self.svc.settings.files_dir
-        directory.mkdir(parents=True, exist_ok=True)
         name = produced.name
-
-        def write() -> None:
-            tmp = directory / f"{file_id}.part"
-            if produced.path is not None:
-                shutil.move(produced.path, tmp)  # a rename where both are on one filesystem
-                with open(tmp, "rb+") as out:
-                    os.fsync(out.fileno())
-            else:
-                with open(tmp, "wb") as out:
-                    out.write(produced.content or b"")
-                    out.flush()
-                    os.fsync(out.fileno())
-            os.replace(tmp, directory / file_id)
-
-        await anyio.to_thread.run_sync(write)
+        if produced.path is not None:
+            await self.svc.files.save(file_id, Path(produced.path))
+        else:
+            await self.svc.files.save_bytes(file_id, produced.content or b"")
         obj = {
             "id": file_id,
             "object": "file",

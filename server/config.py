@@ -46,6 +46,7 @@ class Settings:
     allow_unsandboxed_code: bool = False
     lancedb_uri: str | None = None
     database_url: str | None = None  # postgresql://...: the event log and views in PostgreSQL
+    files_uri: str | None = None  # s3://bucket/prefix or a directory: where file bytes live
     run_lease_s: float = 7.0  # a process not heard from for this long is taken for dead (shared logs)
     workers: int = 1  # server processes on one port (serve --workers; PostgreSQL only)
 
@@ -101,6 +102,7 @@ class Settings:
             "allow_unsandboxed_code": env.get("THREADLOG_ALLOW_UNSANDBOXED_CODE", "") in ("1", "true", "yes"),
             "lancedb_uri": env.get("THREADLOG_LANCEDB_URI") or None,
             "database_url": env.get("THREADLOG_DATABASE_URL") or None,
+            "files_uri": env.get("THREADLOG_FILES_URI") or None,
             "run_lease_s": float(env.get("THREADLOG_RUN_LEASE_SECONDS", "7")),
             "workers": int(env.get("THREADLOG_WORKERS", "1")),
         }

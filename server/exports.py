@@ -50,7 +50,7 @@ async def export_thread(svc: Services, thread_id: str, *, include_files: bool = 
         for file_id in sorted({m for m in _IDS.findall(text) if m.startswith("file-")}):
             doc = await svc.views.get("file", file_id)
             if doc is not None:
-                content = (svc.settings.files_dir / file_id).read_bytes()
+                content = await svc.files.read(file_id) or b""
                 files.append({**doc, "content_base64": base64.b64encode(content).decode()})
     header = {
         "object": "threadlog.export",
@@ -89,8 +89,7 @@ async def import_thread(svc: Services, text: str) -> dict[str, Any]:
 
     for file in files:
         new = remap({k: v for k, v in file.items() if k != "content_base64"})
-        svc.settings.files_dir.mkdir(parents=True, exist_ok=True)
-        (svc.settings.files_dir / new["id"]).write_bytes(base64.b64decode(file["content_base64"]))
+        await svc.files.save_bytes(new["id"], base64.b64decode(file["content_base64"]))
         await svc.store.append(new["id"], [NewEvent("file.created", new)], expected_version=0)
     for record in records:
         if record.get("object") == "threadlog.export.assistant":

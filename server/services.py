@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -12,6 +13,7 @@ from events.log import EventLog
 from projections.views import ViewReader
 from server.config import Settings
 from server.errors import APIError, bad_request, not_found
+from server.file_store import FileStore, LocalFileStore
 
 if TYPE_CHECKING:
     from server.projects import Directory
@@ -28,6 +30,7 @@ class Services:
     draining: bool = False  # a graceful shutdown began: no new runs (server/shutdown.py)
     directory: Directory | None = None  # projects and keys (server/projects.py)
     leases: RunLeases = field(default_factory=LocalRunLeases)  # who answers for runs and ingestions
+    files: FileStore = field(default_factory=lambda: LocalFileStore(Path("files")))  # set from the settings
 
     def require_served_model(self, model: str) -> None:
         """400 `model_not_found` when no configured provider serves `model`: an assistant is

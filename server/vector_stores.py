@@ -217,7 +217,6 @@ class VectorStores:
     async def _ingest_one(self, store_id: str, file_id: str) -> None:
         from server.retrieval.chunking import chunk_text
         from server.retrieval.parse import InvalidFile, UnsupportedFile, extract_text
-        from server.routes.files import file_path
 
         async with self._limit:
             current = await self.svc.views.get("vector_store_file", f"{store_id}/{file_id}")
@@ -229,7 +228,9 @@ class VectorStores:
             try:
                 if file is None:
                     raise InvalidFile("the file was deleted")
-                data = await anyio.to_thread.run_sync(file_path(self.svc, file_id).read_bytes)
+                data = await self.svc.files.read(file_id)
+                if data is None:
+                    raise InvalidFile("the file's content is missing from the file store")
                 text = await anyio.to_thread.run_sync(extract_text, file["filename"], data)
                 static = current["chunking_strategy"]["static"]
                 chunks = await anyio.to_thread.run_sync(

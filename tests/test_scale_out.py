@@ -33,6 +33,7 @@ from tests.runs_fixtures import (
     wait_for,
     wait_run,
 )
+from tests.s3_server import BUCKET, S3Server, s3_server  # noqa: F401 - the fixture
 from tests.serverproc import ServerProcess, free_port
 
 pytestmark = [
@@ -340,6 +341,45 @@ def test_code_interpreter_files_follow_the_thread(
         [call] = [c for s in steps if s.type == "tool_calls" for c in s.step_details.tool_calls]  # type: ignore[union-attr]
         logs = "".join(o.logs for o in call.code_interpreter.outputs if o.type == "logs")  # type: ignore[union-attr]
         assert logs.split() == ["a,b", "1,2", "False"]
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_files_and_vector_stores_on_object_storage(
+    cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path, s3_server: S3Server
+) -> None:
+    """Two processes with nothing on a shared disk: the log in PostgreSQL, file bytes and LanceDB on
+    the S3-compatible server. A file uploaded through A is downloaded through B, a vector store made
+    through A is searched through B, a file deleted through B leaves the bucket."""
+    dsn = cluster.create_database()
+    storage = {
+        "THREADLOG_FILES_URI": f"s3://{BUCKET}/files",
+        "THREADLOG_LANCEDB_URI": f"s3://{BUCKET}/lancedb",
+        **s3_server.env(),
+    }
+    a, b = _pair(tmp_path, upstream, dsn, **storage)
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        body = b"Zebras are striped horses native to the savannas of East Africa." * 40
+        zebra = sdk_a.files.create(file=("zebra.txt", body), purpose="assistants")
+        assert s3_server.keys("files/") == [f"files/{zebra.id}"]
+        assert sdk_b.files.content(zebra.id).read() == body
+        python = sdk_b.files.create(file=("python.md", b"# Python\nA language with generators."), purpose="assistants")
+        store = sdk_a.vector_stores.create(name="kb", file_ids=[zebra.id, python.id])
+        ready = wait_for(
+            lambda: (s := sdk_b.vector_stores.retrieve(store.id)) and s.file_counts.completed == 2 and s,
+            timeout=120,
+            interval=0.2,
+        )
+        assert ready.file_counts.failed == 0
+        assert any(key.startswith("lancedb/") for key in s3_server.keys("lancedb/"))
+        hits = list(sdk_b.vector_stores.search(store.id, query="Where do zebras live?"))
+        assert hits[0].file_id == zebra.id and "savannas" in hits[0].content[0].text
+        assert not (tmp_path / "a" / "files" / zebra.id).exists() and not (tmp_path / "a" / "lancedb").exists()
+        sdk_b.files.delete(python.id)
+        assert s3_server.keys("files/") == [f"files/{zebra.id}"]
+        assert {h.file_id for h in sdk_a.vector_stores.search(store.id, query="generators language")} == {zebra.id}
     finally:
         b.stop()
         a.stop()

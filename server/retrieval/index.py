@@ -144,7 +144,7 @@ def _fts_score(bm25: float) -> float:
 class _VectorCache:
     """A table's vectors in memory, as of one generation of the table."""
 
-    generation: int
+    generation: tuple[int, int]  # this index's writes to the table, and the table's version (shared)
     matrix: npt.NDArray[np.float32]  # (rows, dim), L2-normalised
     row_ids: npt.NDArray[np.uint64]  # LanceDB _rowid of each matrix row
     chunk_ids: list[str]
@@ -173,8 +173,12 @@ class VectorIndex:
         cleanup_older_than: timedelta = timedelta(hours=1),
         query_cache_size: int = 512,
         vector_cache_bytes: int = 1 << 30,
+        shared: bool = False,
     ) -> None:
+        """`shared`: other server processes write the same tables (a shared log): every read
+        checks for their commits (read consistency 0: the latest version, one listing per read)."""
         self.uri = uri
+        self._shared = shared
         self.embedder = embedder
         self._storage_options = dict(storage_options) if storage_options else None
         self._fts_reindex_rows = fts_reindex_rows
@@ -199,7 +203,11 @@ class VectorIndex:
             if self._db is None:
                 import lancedb
 
-                self._db = lancedb.connect(self.uri, storage_options=self._storage_options)
+                self._db = lancedb.connect(
+                    self.uri,
+                    storage_options=self._storage_options,
+                    read_consistency_interval=timedelta(0) if self._shared else None,
+                )
             return self._db
 
     def _lock(self, name: str) -> threading.Lock:
@@ -221,8 +229,9 @@ class VectorIndex:
     def _vector_cache(self, name: str, table: Any) -> _VectorCache | None:
         """The table's vectors in memory (loaded on first use), or ``None``
         if they do not fit the cache budget."""
+        version = int(table.version) if self._shared else 0  # another process may have written
         with self._guard:
-            generation = self._generation.get(name, 0)
+            generation = (self._generation.get(name, 0), version)
             cached = self._vectors.get(name)
             if cached is not None and cached.generation == generation:
                 self._vectors.move_to_end(name)
@@ -246,7 +255,7 @@ class VectorIndex:
             masks=OrderedDict(),
         )
         with self._guard:
-            if self._generation.get(name, 0) != generation:
+            if self._generation.get(name, 0) != generation[0]:
                 return cache  # written meanwhile: use once, do not keep
             self._vectors[name] = cache
             self._vectors.move_to_end(name)

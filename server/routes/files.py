@@ -1,39 +1,32 @@
 """`/v1/files`: upload (multipart, size-limited while streaming), list, retrieve, content, delete.
 
-Bytes live under the data dir, written and fsynced before the `file.created` event is
-appended, so an acknowledged upload survives a crash.
+Bytes are received into local staging, then stored (server/file_store.py: a directory, or
+S3-compatible object storage) before the `file.created` event is appended, so an
+acknowledged upload survives a crash.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from events.records import NewEvent
 from server.errors import APIError, bad_request, not_found
 from server.ids import new_id
 from server.limits import limited_receive
-from server.services import Services, services
+from server.services import services
 
-__all__ = ["file_path", "read_file_bytes", "routes"]
+__all__ = ["routes"]
 
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _MULTIPART_SLACK = 64 * 1024  # headers and boundaries around the file part
-
-
-def file_path(svc: Services, file_id: str) -> Path:
-    return svc.settings.files_dir / file_id
-
-
-def read_file_bytes(svc: Services, file_id: str) -> bytes:
-    return file_path(svc, file_id).read_bytes()
 
 
 class _TooLarge(Exception):
@@ -79,9 +72,8 @@ async def upload_file(request: Request) -> JSONResponse:
     quota = svc.directory.current().max_file_storage_bytes if svc.directory is not None else None
     room = None if quota is None else quota - await svc.views.total("file", "bytes")
     file_id = new_id("file-")
-    svc.settings.files_dir.mkdir(parents=True, exist_ok=True)
-    final = file_path(svc, file_id)
-    tmp = final.with_suffix(".part")
+    svc.files.staging.mkdir(parents=True, exist_ok=True)
+    tmp = svc.files.staging / f"{file_id}.part"
     size = 0
     with open(tmp, "wb") as out:
         while chunk := await upload.read(1 << 20):
@@ -99,8 +91,10 @@ async def upload_file(request: Request) -> JSONResponse:
                 )
             out.write(chunk)
         out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, final)
+    try:
+        await svc.files.save(file_id, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
     obj: dict[str, Any] = {
         "id": file_id,
         "object": "file",
@@ -149,10 +143,34 @@ async def retrieve_file(request: Request) -> JSONResponse:
 async def file_content(request: Request) -> Response:
     svc = services(request)
     obj = await svc.get_or_404("file", request.path_params["file_id"])
-    path = file_path(svc, obj["id"])
-    if not path.exists():
-        raise not_found("file content", obj["id"])
-    return FileResponse(path, media_type="application/octet-stream", filename=obj["filename"])
+    path = svc.files.local_path(obj["id"])
+    if path is not None:
+        return FileResponse(path, media_type="application/octet-stream", filename=obj["filename"])
+    chunks = svc.files.chunks(obj["id"])
+    try:
+        first = await anext(chunks)
+    except FileNotFoundError:
+        raise not_found("file content", obj["id"]) from None
+    except StopAsyncIteration:
+        first = b""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    headers = {"content-disposition": _attachment(obj["filename"]), "content-length": str(obj["bytes"])}
+    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+
+
+def _attachment(filename: str) -> str:
+    """As FileResponse writes it for a local file."""
+    from urllib.parse import quote
+
+    quoted = quote(filename)
+    if quoted != filename:
+        return f"attachment; filename*=utf-8''{quoted}"
+    return f'attachment; filename="{filename}"'
 
 
 async def delete_file(request: Request) -> JSONResponse:
@@ -163,7 +181,7 @@ async def delete_file(request: Request) -> JSONResponse:
     if on_delete is not None:
         await on_delete(file_id)
     await svc.store.append(file_id, [NewEvent("file.deleted", {"id": file_id})])
-    file_path(svc, file_id).unlink(missing_ok=True)
+    await svc.files.delete(file_id)
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 

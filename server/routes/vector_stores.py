@@ -195,14 +195,16 @@ def _key(doc: dict[str, Any]) -> dict[str, Any]:
 async def store_file_content(request: Request) -> JSONResponse:
     """The parsed text of a file as the store indexed it."""
     from server.retrieval.parse import extract_text
-    from server.routes.files import file_path
 
     svc = services(request)
     p = request.path_params
     await _store_file_or_404(svc, p["vs_id"], p["file_id"])
     file = await svc.get_or_404("file", p["file_id"])
     try:
-        text = await anyio.to_thread.run_sync(extract_text, file["filename"], file_path(svc, p["file_id"]).read_bytes())
+        data = await svc.files.read(p["file_id"])
+        if data is None:
+            raise FileNotFoundError(p["file_id"])
+        text = await anyio.to_thread.run_sync(extract_text, file["filename"], data)
     except Exception as exc:
         raise bad_request(f"The file's content could not be extracted: {exc}") from exc
     return JSONResponse(
