@@ -9,13 +9,16 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from openai import BadRequestError
 
 from server.fake_upstream import RunningUpstream
 from tests.pg_cluster import PostgresCluster, cluster, postgres_binaries  # noqa: F401 - the fixture
@@ -380,6 +383,61 @@ def test_files_and_vector_stores_on_object_storage(
         sdk_b.files.delete(python.id)
         assert s3_server.keys("files/") == [f"files/{zebra.id}"]
         assert {h.file_id for h in sdk_a.vector_stores.search(store.id, query="generators language")} == {zebra.id}
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_one_active_run_per_thread_across_processes(
+    cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    """Two clients create a run on the same thread at the same moment, one through each process:
+    one wins, the other gets OpenAI's 400, every time."""
+    a, b = _pair(tmp_path, upstream, cluster.create_database())
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        assistant = sdk_a.beta.assistants.create(model=MODEL)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for _ in range(10):
+                thread = sdk_a.beta.threads.create(messages=[{"role": "user", "content": "long: 30\nslow: 20"}])
+                barrier = threading.Barrier(2)
+
+                def create(client: Any, thread_id: str = thread.id, gate: threading.Barrier = barrier) -> str:
+                    gate.wait()
+                    try:
+                        return client.beta.threads.runs.create(thread_id=thread_id, assistant_id=assistant.id).id
+                    except BadRequestError as exc:
+                        assert "already has an active run" in str(exc)
+                        return "refused"
+
+                futures = [pool.submit(create, sdk_a), pool.submit(create, sdk_b)]
+                outcomes = sorted((f.result() for f in futures), key=lambda outcome: outcome == "refused")
+                assert outcomes[1] == "refused" and outcomes[0].startswith("run_"), outcomes
+                assert [r.id for r in sdk_b.beta.threads.runs.list(thread_id=thread.id)] == [outcomes[0]]
+                wait_run(sdk_a, thread.id, outcomes[0], timeout=30)
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_a_dead_process_s_waiting_run_still_expires(
+    cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    """A run paused for tool outputs on A expires on time although A was killed: B took it over."""
+    a, b = _pair(tmp_path, upstream, cluster.create_database(), THREADLOG_RUN_EXPIRY_SECONDS="4")
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        assistant = sdk_a.beta.assistants.create(model=MODEL, tools=WEATHER)
+        paused = sdk_a.beta.threads.create_and_run_poll(
+            assistant_id=assistant.id,
+            thread={"messages": [{"role": "user", "content": 'call: get_weather {"city": "Oslo"}'}]},
+        )
+        assert paused.status == "requires_action" and paused.expires_at is not None
+        a.kill9()
+        expired = wait_run(sdk_b, paused.thread_id, paused.id, statuses=("expired",), timeout=30)
+        assert expired.required_action is None
+        steps = sdk_b.beta.threads.runs.steps.list(paused.id, thread_id=paused.thread_id).data
+        assert [s.status for s in steps] == ["expired"]
     finally:
         b.stop()
         a.stop()
