@@ -22,7 +22,7 @@ import pytest
 
 from tests.serverproc import free_port
 
-__all__ = ["PostgresCluster", "cluster", "postgres_binaries"]
+__all__ = ["PostgresCluster", "cluster", "needs_postgres", "postgres_binaries"]
 
 
 def postgres_binaries() -> Path | None:
@@ -32,6 +32,12 @@ def postgres_binaries() -> Path | None:
         return Path(found[-1]).parent
     on_path = shutil.which("postgres")
     return Path(on_path).parent if on_path else None
+
+
+needs_postgres = pytest.mark.skipif(
+    postgres_binaries() is None and not os.environ.get("CI"),  # CI must have them: fail there, never skip
+    reason="PostgreSQL server binaries are missing (scripts/install --test installs them)",
+)
 
 
 class PostgresCluster:

@@ -15,12 +15,9 @@ import pytest
 from events.postgres import PostgresEventLog
 from events.records import PROJECT, NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore, ForeignStream
-from tests.pg_cluster import PostgresCluster, cluster, postgres_binaries  # noqa: F401 - the fixture
+from tests.pg_cluster import PostgresCluster, cluster, needs_postgres  # noqa: F401 - the fixture
 
-pytestmark = pytest.mark.skipif(
-    postgres_binaries() is None and not __import__("os").environ.get("CI"),
-    reason="PostgreSQL server binaries are missing (scripts/install --test installs them)",
-)
+pytestmark = needs_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

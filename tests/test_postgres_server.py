@@ -14,15 +14,12 @@ import pytest
 from openai import NotFoundError, OpenAI
 
 from server.fake_upstream import RunningUpstream
-from tests.pg_cluster import PostgresCluster, cluster, postgres_binaries  # noqa: F401 - the fixture
+from tests.pg_cluster import PostgresCluster, cluster, needs_postgres  # noqa: F401 - the fixture
 from tests.runs_fixtures import MODEL, make_sdk, message_value, pending_calls, read_sse, start_server, wait_run
 from tests.serverproc import ServerProcess
 
 pytestmark = [
-    pytest.mark.skipif(
-        postgres_binaries() is None and not __import__("os").environ.get("CI"),
-        reason="PostgreSQL server binaries are missing (scripts/install --test installs them)",
-    ),
+    needs_postgres,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 

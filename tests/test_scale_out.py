@@ -21,7 +21,7 @@ import pytest
 from openai import BadRequestError
 
 from server.fake_upstream import RunningUpstream
-from tests.pg_cluster import PostgresCluster, cluster, postgres_binaries  # noqa: F401 - the fixture
+from tests.pg_cluster import PostgresCluster, cluster, needs_postgres  # noqa: F401 - the fixture
 from tests.runs_fixtures import (
     MODEL,
     SSEEvent,
@@ -40,20 +40,22 @@ from tests.s3_server import BUCKET, S3Server, s3_server  # noqa: F401 - the fixt
 from tests.serverproc import ServerProcess, free_port
 
 pytestmark = [
-    pytest.mark.skipif(
-        postgres_binaries() is None and not os.environ.get("CI"),
-        reason="PostgreSQL server binaries are missing (scripts/install --test installs them)",
-    ),
+    needs_postgres,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
 WEATHER: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
 
-def _pair(tmp_path: Path, upstream: RunningUpstream, dsn: str, **extra: str) -> tuple[ServerProcess, ServerProcess]:
-    first = start_server(tmp_path / "a", upstream, THREADLOG_DATABASE_URL=dsn, **extra)
+def _pair(
+    tmp_path: Path, upstream: RunningUpstream, dsn: str, *, one_data_dir: bool = False, **extra: str
+) -> tuple[ServerProcess, ServerProcess]:
+    """Two servers on one database; `one_data_dir`: sharing a data dir too (files, LanceDB), as
+    `serve --workers` or two processes on one shared filesystem do."""
+    first = start_server(tmp_path / ("shared" if one_data_dir else "a"), upstream, THREADLOG_DATABASE_URL=dsn, **extra)
     try:
-        second = start_server(tmp_path / "b", upstream, THREADLOG_DATABASE_URL=dsn, **extra)
+        second_dir = tmp_path / ("shared" if one_data_dir else "b")
+        second = start_server(second_dir, upstream, THREADLOG_DATABASE_URL=dsn, **extra)
     except BaseException:
         first.stop()
         raise
@@ -280,9 +282,7 @@ def test_vector_stores_across_processes(cluster: PostgresCluster, upstream: Runn
     store made through B (which ingests it, holding the file's lease), searched through A; a run on A
     searches it with file_search and cites it."""
     dsn = cluster.create_database()
-    shared = tmp_path / "shared"
-    a = start_server(shared, upstream, THREADLOG_DATABASE_URL=dsn)
-    b = start_server(shared, upstream, THREADLOG_DATABASE_URL=dsn)
+    a, b = _pair(tmp_path, upstream, dsn, one_data_dir=True)
     try:
         sdk_a, sdk_b = make_sdk(a), make_sdk(b)
         zebra = sdk_a.files.create(
@@ -325,10 +325,7 @@ def test_code_interpreter_files_follow_the_thread(
 ) -> None:
     """A thread's run on A writes /mnt/data/table.csv; its next run, on B, reads it (from the file
     store); the interpreter's variables stay with A's session."""
-    dsn = cluster.create_database()
-    shared = tmp_path / "shared"
-    a = start_server(shared, upstream, THREADLOG_DATABASE_URL=dsn)
-    b = start_server(shared, upstream, THREADLOG_DATABASE_URL=dsn)
+    a, b = _pair(tmp_path, upstream, cluster.create_database(), one_data_dir=True)
     try:
         sdk_a, sdk_b = make_sdk(a), make_sdk(b)
         coder = sdk_a.beta.assistants.create(model=MODEL, tools=[{"type": "code_interpreter"}])
