@@ -302,7 +302,8 @@ class ProjectAccess:
         if cancel.cancelled_caught and not response.get("ended"):
             error = APIError(401, "The API key of this request was deleted.", code="invalid_api_key")
             data = json.dumps(error.body()).encode()
-            await send({"type": "http.response.body", "body": b"event: error\ndata: " + data + b"\n\n"})
+            body = b"event: error\ndata: " + data + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
 
 

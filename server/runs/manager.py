@@ -197,6 +197,7 @@ class RunManager:
         self.leases.on_cancel_requested(self._cancel_requested_elsewhere)
         self._claims: dict[str, asyncio.Future[None]] = {}  # runs this process answers for
         self._leases_good_until = time.monotonic() + self.leases.ttl_s * 0.8
+        self._renewing: asyncio.Future[set[str]] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.log_content = log_content  # run lines carry the reply's text (serve --log-content)
         self.run_timeout_s = run_timeout_s
@@ -297,7 +298,7 @@ class RunManager:
         tokens_before = _total_tokens(run)
         try:
             async for event in engine.events():
-                if self._leases_may_have_lapsed():
+                if self._leases_may_have_lapsed() and not await self._still_held(run["id"]):
                     self._give_up(run["id"])
                     raise asyncio.CancelledError
                 if event.type in _LAST_EVENTS:
@@ -626,9 +627,7 @@ class RunManager:
 
     async def _supervise_once(self) -> None:
         claimed = {run_id for run_id, claim in self._claims.items() if claim.done()}
-        asked = time.monotonic()
-        held = await self.leases.renew()
-        self._leases_good_until = asked + self.leases.ttl_s * 0.8
+        held = await self._renew()
         for run_id in claimed - held:
             if run_id in self._claims:  # not released meanwhile: another process took it over
                 self._give_up(run_id)
@@ -641,10 +640,36 @@ class RunManager:
             if taken:
                 await self._settle_orphan(run_id, cancel=cancel)
 
+    async def _renew(self) -> set[str]:
+        """Renew this process's leases (one renewal at a time; callers meanwhile share it)."""
+        if self._renewing is None or self._renewing.done():
+
+            async def renew() -> set[str]:
+                asked = time.monotonic()
+                held = await self.leases.renew()
+                self._leases_good_until = asked + self.leases.ttl_s * 0.8
+                return held
+
+            self._renewing = asyncio.ensure_future(renew())
+        return await asyncio.shield(self._renewing)
+
     def _leases_may_have_lapsed(self) -> bool:
-        """This process has not renewed its leases for most of a lease (it stalled, or the
-        database is unreachable): another may be taking its runs over, so it must stop appending."""
+        """This process has not renewed its leases for most of a lease (it stalled, the event
+        loop was starved, the database is slow): another may be taking its runs over."""
         return not self.store.exclusive and time.monotonic() > self._leases_good_until
+
+    async def _still_held(self, run_id: str) -> bool:
+        """Before a run appends again after such a gap: renew now, and go on only if the run is
+        still this process's (so a run taken over is never written by two processes)."""
+        claim = self._claims.get(run_id)
+        if claim is None:
+            return False
+        try:
+            await claim
+            return run_id in await self._renew()
+        except Exception:
+            logger.exception("run %s: could not renew its lease", run_id)
+            return False
 
     def _give_up(self, run_id: str) -> None:
         """The run is, or may be, another process's now: stop it here without a word to the log."""
