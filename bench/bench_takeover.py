@@ -62,6 +62,8 @@ def _case(root: Path, cluster: PostgresCluster, upstream_url: str, how: str, run
         assert a.process is not None
         a.process.send_signal(signal.SIGKILL if how == "kill -9" else signal.SIGSTOP)
         signalled = time.monotonic()
+        if how == "kill -9":
+            a.process.wait()  # reaped, as a supervisor does (a zombie's pid still exists)
         settled: list[float] = []
         while pending and time.monotonic() - signalled < 120:
             for run_id, thread_id in list(pending.items()):
