@@ -113,13 +113,7 @@ class CodeInterpreter:
             for attachment in message.get("attachments") or []:
                 if any(t.get("type") == "code_interpreter" for t in attachment.get("tools") or []):
                     ids.append(attachment["file_id"])
-        files = []
-        for file_id in dict.fromkeys(ids):
-            doc = await views.get("file", file_id)
-            data = await self.svc.files.read(file_id) if doc is not None else None
-            if doc is not None and data is not None:
-                files.append(InputFile(name=safe_file_name(doc["filename"], file_id), data=data))
-        return files
+        return await self._as_inputs(ids)
 
     async def _earlier_outputs(self, thread_id: str) -> list[InputFile]:
         """The files code wrote to /mnt/data in the thread's earlier runs, as the messages cite them
@@ -133,15 +127,18 @@ class CodeInterpreter:
                 for note in (part.get("text") or {}).get("annotations") or []:
                     if note.get("type") == "file_path":
                         ids.append(note["file_path"]["file_id"])
+        return await self._as_inputs(ids, purpose="assistants_output")
+
+    async def _as_inputs(self, ids: list[str], purpose: str | None = None) -> list[InputFile]:
+        """The files (of `purpose`, if given) that still exist, named as they land in /mnt/data."""
         files = []
         for file_id in dict.fromkeys(ids):
             doc = await self.svc.views.get("file", file_id)
-            if doc is None or doc.get("purpose") != "assistants_output":
+            if doc is None or (purpose is not None and doc.get("purpose") != purpose):
                 continue
             data = await self.svc.files.read(file_id)
             if data is not None:
-                name = safe_file_name(doc["filename"].removeprefix("/mnt/data/"), file_id)
-                files.append(InputFile(name=name, data=data))
+                files.append(InputFile(name=safe_file_name(doc["filename"], file_id), data=data))
         return files
 
     async def _store_output(self, produced: OutputFile) -> str:

@@ -136,20 +136,20 @@ class Directory:
             for key_id in known_keys - {key.id for key in self._keys.values()}:
                 self._revoked(key_id)
             for project_id, info in self._projects.items():
-                old = before.get(project_id)
-                if old is None or old.limits != info.limits:
-                    self.limiter.forget(project_id)
-                if info.archived and (old is None or not old.archived):
-                    for key in [k for k in self._keys.values() if k.project_id == project_id]:
-                        self._revoked(key.id)
+                if before.get(project_id) != info:
+                    self._project_replaced(before.get(project_id), info)
 
     # -- changes made by the admin routes, after their events committed -------------------
 
     def project_changed(self, doc: dict[str, Any]) -> None:
         before = self._projects.get(doc["id"])
         info = self._projects[doc["id"]] = ProjectInfo.from_doc(doc)
+        self._project_replaced(before, info)
+
+    def _project_replaced(self, before: ProjectInfo | None, info: ProjectInfo) -> None:
+        """New limits start counting afresh; an archived project's keys end their streams."""
         if before is None or before.limits != info.limits:
-            self.limiter.forget(doc["id"])
+            self.limiter.forget(info.id)
         if info.archived:
             for key in [k for k in self._keys.values() if k.project_id == info.id]:
                 self._revoked(key.id)

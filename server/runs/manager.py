@@ -673,15 +673,14 @@ class RunManager:
 
     def _give_up(self, run_id: str) -> None:
         """The run is, or may be, another process's now: stop it here without a word to the log."""
-        claim = self._claims.pop(run_id, None)
         self._cancel_expiry(run_id)
         engine, task = self._engines.get(run_id), self._tasks.get(run_id)
         if engine is not None and task is not None and run_id not in self._finishing:
             engine.abandoned = True
             if task is not asyncio.current_task():
                 task.cancel()
-        if claim is not None:
-            self._in_background(self._quietly(self.leases.release(run_id), f"release {run_id}"), "release")
+        if run_id in self._claims:
+            self._release(run_id)
 
     async def _settle_orphan(self, run_id: str, *, cancel: bool = False, at_start: bool = False) -> None:
         """A run whose process is gone, now this one's: end it as a restart does (`failed`;
@@ -690,7 +689,7 @@ class RunManager:
         for _ in range(8):
             run = await self.views.get("run", run_id)
             if run is None or run["status"] not in _OPEN_STATUSES:
-                await self.leases.release(run_id, whoever_holds_it=False)
+                await self.leases.release(run_id)
                 return
             version = await self.store.stream_version(run["thread_id"])
             run = await self.views.get("run", run_id)
@@ -757,7 +756,7 @@ class RunManager:
         self._in_background(self._quietly(release(), f"release {run_id}"), f"release-{run_id}")
 
     def _in_background(self, work: Any, name: str) -> None:
-        task = asyncio.ensure_future(work)
+        task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
