@@ -484,6 +484,7 @@ class Bench:
     server: ServerProcess | FloorProcess
     upstream: Upstream
     assistant_id: str = ""
+    database_pid: int | None = None  # PostgreSQL's postmaster (its backends are its children)
 
     @property
     def host(self) -> str:
@@ -808,10 +809,12 @@ async def concurrent(bench: Bench, runs: int, tokens: int, pace_ms: int, check_l
     rss_before = rss_mb(bench.pid)
     reset = reset_peak_rss(bench.pid)
     cpu0 = cpu_seconds(bench.pid), cpu_seconds(bench.upstream.pid), time.process_time()
+    database_cpu0 = cpu_seconds(bench.database_pid)
     started = time.perf_counter()
     results = await asyncio.gather(*(_consume(bench, t, record_gaps=True, stamped=stamped) for t in threads))
     wall = time.perf_counter() - started
     cpu1 = cpu_seconds(bench.pid), cpu_seconds(bench.upstream.pid), time.process_time()
+    database_cpu = cpu_seconds(bench.database_pid) - database_cpu0
     server_cpu = cpu1[0] - cpu0[0]
     latencies = [x for r in results for x in r.latencies]
     errors = [r.error for r in results if r.error]
@@ -844,6 +847,7 @@ async def concurrent(bench: Bench, runs: int, tokens: int, pace_ms: int, check_l
         "server_cpu": server_cpu,
         "upstream_cpu": cpu1[1] - cpu0[1],
         "client_cpu": cpu1[2] - cpu0[2],
+        "database_cpu": database_cpu,
         "rss_before": rss_before,
         "rss_mb": peak_rss_mb(bench.pid),
         "rss_reset": reset,
@@ -1049,9 +1053,52 @@ def _print_concurrent(many: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"   CPU: server {many['server_cpu']:.1f} s = {per_token:.0f} us per relayed token"
         f" [{goal(per_token <= 100)} goal <= 100 us]; upstream {many['upstream_cpu']:.1f} s;"
-        f" this client {many['client_cpu']:.1f} s (of {2 * many['wall']:.0f} core-seconds on 2 cores)",
+        + (f" PostgreSQL {many['database_cpu']:.1f} s;" if not math.isnan(many.get("database_cpu", math.nan)) else "")
+        + f" this client {many['client_cpu']:.1f} s (of {2 * many['wall']:.0f} core-seconds on 2 cores)",
         flush=True,
     )
+
+
+def _reset_statements(dsn: str) -> None:
+    import asyncpg
+
+    async def reset() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+        finally:
+            await conn.close()
+
+    asyncio.run(reset())
+
+
+def _print_statements(dsn: str, top: int = 15) -> None:
+    """Statements by total execution time, since the server started (the runs' own share)."""
+    import asyncpg
+
+    async def read() -> list[Any]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(
+                await conn.fetch(
+                    "SELECT calls, total_exec_time, rows, query FROM pg_stat_statements "
+                    "ORDER BY total_exec_time DESC LIMIT $1",
+                    top,
+                )
+            )
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(read())
+    total = sum(float(row["total_exec_time"]) for row in rows)
+    print(f"\nPostgreSQL statements by execution time (top {top}, {total / 1000:.1f} s in all):")
+    for row in rows:
+        query = " ".join(str(row["query"]).split())[:110]
+        print(
+            f"  {float(row['total_exec_time']) / 1000:7.2f} s  {int(row['calls']):8d} calls"
+            f"  {float(row['total_exec_time']) / max(1, int(row['calls'])) * 1000:7.1f} us/call  {query}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1074,6 +1121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-log", type=int, default=10, help="section 4: runs compared with their log")
     parser.add_argument("--postgres", action="store_true", help="the log in PostgreSQL (a private cluster)")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers N (with --postgres)")
+    parser.add_argument(
+        "--pg-statements", action="store_true", help="with --postgres: print where PostgreSQL's time went, by statement"
+    )
     parser.add_argument("--sections", default="1,2,3,4,5", help="which measurements to run, e.g. 1,3")
     parser.add_argument("--repeat", type=int, default=None, help="runs of sections 1-3; the summary shows the best")
     parser.add_argument("--serve-lean-upstream", metavar="PORT_FILE", help=argparse.SUPPRESS)
@@ -1106,8 +1156,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.postgres:
         from tests.pg_cluster import PostgresCluster
 
-        cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="threadlog-bench-pg-"))).start()
+        statistics = {"shared_preload_libraries": "pg_stat_statements"} if args.pg_statements else None
+        cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="threadlog-bench-pg-"))).start(settings=statistics)
         env["THREADLOG_DATABASE_URL"] = cluster.create_database()
+        if args.pg_statements:
+            _reset_statements(env["THREADLOG_DATABASE_URL"])
     server = ServerProcess(
         data_dir=data_dir, env=env, args=("--workers", str(args.workers)) if args.workers > 1 else ()
     ).start()
@@ -1119,7 +1172,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uv = _uvloop()
         runner = uv.run if uv is not None else asyncio.run
-        summary = runner(main_async(args, Bench(server, upstream)))
+        database_pid = cluster.process.pid if cluster is not None and cluster.process is not None else None
+        summary = runner(main_async(args, Bench(server, upstream, database_pid=database_pid)))
+        if args.pg_statements:
+            _print_statements(env["THREADLOG_DATABASE_URL"])
     finally:
         server.stop()
         upstream.stop()

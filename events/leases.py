@@ -5,6 +5,8 @@ for tool outputs. That process holds the run's lease and renews it; when a proce
 leases lapse and another process takes them over and settles the runs as a restart would.
 Taking a lease is not what decides who may resume or cancel a run (that is an append with an
 expected version): the lease says who is responsible now, and lets another notice it is gone.
+What it does fence is a run's own writing: the executing process appends with a `Fence`, which a
+shared log checks in the append's transaction.
 
 The same leases name the process ingesting a vector store file (key `ingest:<store>/<file>`):
 one process at a time writes a file's rows, and another resumes the work if it dies.
@@ -17,9 +19,27 @@ shared by every process on that database.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-__all__ = ["LocalRunLeases", "RunLeases"]
+__all__ = ["Fence", "LeaseLost", "LocalRunLeases", "RunLeases"]
+
+
+class Fence(NamedTuple):
+    """Append only while `owner` holds lease `key`: checked in the append's own transaction, so
+    a process that stalled past its lease cannot write a word after another took the run over,
+    however long the stall (a check before the append leaves the time between the two)."""
+
+    key: str
+    owner: str
+
+
+class LeaseLost(Exception):
+    """The append's fence failed: another process holds the lease now; nothing was written."""
+
+    def __init__(self, fence: Fence, holder: str) -> None:
+        super().__init__(f"lease {fence.key} is held by {holder}, not {fence.owner}")
+        self.fence = fence
+        self.holder = holder
 
 
 class RunLeases(Protocol):

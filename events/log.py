@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
-from events.leases import RunLeases
+from events.leases import Fence, RunLeases
 from events.records import NewEvent, StoredEvent
 
 __all__ = ["EventLog", "LoadViews", "Projector", "ViewChanges", "ViewKey", "ViewQueries", "ViewQuery", "ViewRow"]
@@ -127,13 +127,25 @@ class EventLog(Protocol):
     async def close(self) -> None: ...
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None = None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> list[StoredEvent]:
         """Append to one stream atomically, once committed; `expected_version` is the stream
-        version the caller decided on (0: a new stream), else `ConcurrencyError`."""
+        version the caller decided on (0: a new stream), else `ConcurrencyError`; `fence`, a
+        lease another process must not hold, else `LeaseLost` (a log one process owns has
+        nobody to take a lease, and ignores it)."""
 
     def enqueue(
-        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None = None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> asyncio.Future[list[StoredEvent]]:
         """`append` without waiting: appends are committed in the order they are enqueued."""
 

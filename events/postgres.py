@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from events import postgres_views
+from events.leases import Fence, LeaseLost
 from events.log import LoadViews, Projector, ViewKey
 from events.postgres_leases import PostgresRunLeases
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
@@ -61,7 +63,37 @@ CREATE TABLE IF NOT EXISTS log_head (
 INSERT INTO log_head (only_row, head) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
 """
 
+# Each stream's version and project by two lookups in the (stream_id, version) index: an
+# aggregate over the stream's rows (MAX with a FILTER) would read every event of every stream
+# an append touches, under the log's lock.
+_STREAM_HEADS = (
+    "SELECT s.stream_id, "
+    "(SELECT MAX(e.version) FROM events e WHERE e.stream_id = s.stream_id) AS version, "
+    "(SELECT e.project_id FROM events e WHERE e.stream_id = s.stream_id AND e.version = 1) AS project_id "
+    "FROM unnest($1::text[]) AS s(stream_id)"
+)
+
+# The log's one lock: positions are handed out under it, so appends commit in sequence order.
+_TAKE_POSITIONS = "UPDATE log_head SET head = head + $1 RETURNING head"
+# The same, and the fenced leases' holders, share-locked until the commit: a take-over (which
+# updates the row) waits for this append, and every append after it sees the new holder.
+_TAKE_POSITIONS_FENCED = (
+    "WITH taken AS (UPDATE log_head SET head = head + $1 RETURNING head), "
+    "held AS (SELECT key, owner FROM leases WHERE key = ANY($2::text[]) FOR SHARE) "
+    "SELECT (SELECT head FROM taken) AS head, "
+    "(SELECT COALESCE(jsonb_object_agg(key, owner), '{}'::jsonb)::text FROM held) AS holders"
+)
+
 _COLUMNS = "sequence, stream_id, version, type, data, created_at, run_id, schema_version, request_id, project_id"
+
+# One statement for all of a transaction's rows (a column array each) and the wake-up of every
+# process's tailer, sent at commit.
+_INSERT_AND_NOTIFY = (
+    f"WITH inserted AS (INSERT INTO events ({_COLUMNS}) "
+    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::text[], $6::float8[], "
+    "$7::text[], $8::int[], $9::text[], $10::text[])) "
+    "SELECT pg_notify($11, $12)"
+)
 
 
 class PostgresEventLog:
@@ -90,35 +122,36 @@ class PostgresEventLog:
         self._tailer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tail = 0  # the last sequence handed to this process's subscribers
+        self._notified_head = 0  # the highest commit end any process has announced
         self._head = 0
         self._subscriptions = Subscriptions()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self._pool_size)
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self._pool_size, reset=_keep_session)
         async with self._pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(7412)")  # one process creates the schema
-            try:
+            async with conn.transaction():  # one process creates the schema; the lock ends with it
+                await conn.execute("SELECT pg_advisory_xact_lock(7412)")
                 await conn.execute(_SCHEMA)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(7412)")
             self._head = self._tail = int(await conn.fetchval("SELECT head FROM log_head"))
             if self.projector is not None:
                 await self._catch_up(conn, self.projector)
         self._listener = await asyncpg.connect(self.dsn)
         await self._listener.add_listener(CHANNEL, self._notified)
+        # What committed between reading the head and listening was announced to nobody here.
+        self._notified_head = max(self._notified_head, int(await self._listener.fetchval("SELECT head FROM log_head")))
+        if self._notified_head > self._tail:
+            self._wake.set()
         self._writer = asyncio.create_task(self._run_writer(), name="postgres-log-writer")
         self._tailer = asyncio.create_task(self._run_tailer(), name="postgres-log-tailer")
 
     async def _catch_up(self, conn: Any, projector: Projector) -> None:
         """Fold what the views have not seen (a new data base, a projection added), under the
         head's lock so that no append of any process interleaves."""
-        await conn.execute("SELECT pg_advisory_lock(7412)")
-        try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7412)")
             await postgres_views.prepare_views(conn, projector.fingerprint)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(7412)")
         while True:
             async with conn.transaction():
                 head = int(await conn.fetchval("SELECT head FROM log_head FOR UPDATE"))
@@ -174,20 +207,30 @@ class PostgresEventLog:
     # -- writing ---------------------------------------------------------------------------
 
     async def append(
-        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None = None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> list[StoredEvent]:
         if not events:
             return []
-        return await self.enqueue(stream_id, events, expected_version=expected_version)
+        return await self.enqueue(stream_id, events, expected_version=expected_version, fence=fence)
 
     def enqueue(
-        self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None = None
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        *,
+        expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> asyncio.Future[list[StoredEvent]]:
         if self._writer is None:
             raise RuntimeError("event log is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(
-            PendingAppend(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get())
+            PendingAppend(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get(), fence)
         )
         return future
 
@@ -214,29 +257,43 @@ class PostgresEventLog:
         now = round(time.time(), 3)
         total = sum(len(req.events) for req in pending)
         accepted: list[tuple[PendingAppend, list[StoredEvent]]] = []
+        foreign: list[StoredEvent] = []
         started = time.perf_counter()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                head = int(await conn.fetchval("UPDATE log_head SET head = head + $1 RETURNING head", total))
+                fences = sorted({req.fence.key for req in pending if req.fence is not None})
+                if fences:
+                    row = await conn.fetchrow(_TAKE_POSITIONS_FENCED, total, fences)
+                    head, holders = int(row["head"]), json.loads(row["holders"])
+                else:
+                    head, holders = int(await conn.fetchval(_TAKE_POSITIONS, total)), {}
                 sequence = head - total
                 projector = self.projector
-                if projector is not None and sequence > self._known:  # other processes appended since
-                    foreign = await conn.fetch(
-                        f"SELECT {_COLUMNS} FROM events WHERE sequence > $1 AND sequence <= $2", self._known, sequence
-                    )
-                    projector.forget([_event(row) for row in foreign])
+                seen = min(self._known, self._tail)
+                if sequence > seen:  # other processes appended since: fold them out, and publish them
+                    foreign = [
+                        _event(row)
+                        for row in await conn.fetch(
+                            f"SELECT {_COLUMNS} FROM events WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence",
+                            seen,
+                            sequence,
+                        )
+                    ]
+                    if projector is not None:
+                        projector.forget([event for event in foreign if event.sequence > self._known])
                 streams = sorted({req.stream_id for req in pending})
                 known = {
                     row["stream_id"]: (int(row["version"]), row["project_id"])
-                    for row in await conn.fetch(
-                        "SELECT stream_id, MAX(version) AS version, "
-                        "MAX(project_id) FILTER (WHERE version = 1) AS project_id "
-                        "FROM events WHERE stream_id = ANY($1::text[]) GROUP BY stream_id",
-                        streams,
-                    )
+                    for row in await conn.fetch(_STREAM_HEADS, streams)
+                    if row["version"] is not None
                 }
                 rows: list[tuple[Any, ...]] = []
                 for req in pending:
+                    if req.fence is not None and holders.get(req.fence.key, req.fence.owner) != req.fence.owner:
+                        # no lease row is no one else's: released, or not yet claimed (a run
+                        # starts before its claim commits); a take-over writes a row first
+                        req.future.set_exception(LeaseLost(req.fence, holders[req.fence.key]))
+                        continue
                     current, project = known.get(req.stream_id, (0, None))
                     if req.expected_version is not None and req.expected_version != current:
                         req.future.set_exception(ConcurrencyError(req.stream_id, req.expected_version, current))
@@ -272,12 +329,9 @@ class PostgresEventLog:
                 if sequence != head:  # refused appends give their positions back: no holes in the order
                     await conn.execute("UPDATE log_head SET head = $1", sequence)
                 if rows:
-                    await conn.executemany(
-                        f"INSERT INTO events ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", rows
-                    )
                     if projector is not None:
                         await postgres_views.write_changes(conn, projector.changes(sequence))
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(sequence))
+                    await conn.execute(_INSERT_AND_NOTIFY, *zip(*rows, strict=True), CHANNEL, str(sequence))
         except Exception as exc:
             if self.projector is not None:
                 self.projector.rollback()
@@ -300,14 +354,17 @@ class PostgresEventLog:
         for req, stored in accepted:
             if not req.future.done():
                 req.future.set_result(stored)
-        committed = [event for _, stored in accepted for event in stored]
+        committed = [event for event in foreign if event.sequence > self._tail]
+        committed += [event for _, stored in accepted for event in stored]
         if committed and committed[0].sequence == self._tail + 1:
-            # Nothing before this commit is unpublished: hand it over now, as SQLite does (and so
-            # what the shutdown's last commits wrote reaches the readers before they are ended).
+            # Everything up to this commit's end is in hand (other processes' appends before it
+            # were read under the lock): publish now, as SQLite does, and the tailer need not read
+            # them (what the shutdown's last commits wrote also reaches readers before they end).
             self._tail = committed[-1].sequence
             self._subscriptions.publish(committed)
-        elif committed:
-            self._wake.set()  # another process committed before: the tailer reads both, in order
+        elif committed:  # the tailer published past part of it meanwhile: it reads the rest
+            self._notified_head = max(self._notified_head, committed[-1].sequence)
+            self._wake.set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -335,14 +392,20 @@ class PostgresEventLog:
         self._subscriptions.end_all()
 
     def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        self._wake.set()
+        try:
+            end = int(payload)
+        except ValueError:
+            end = self._tail + 1  # not ours to parse: read to be sure
+        if end > self._tail:  # not this process's own commit, nor one its commits already read
+            self._notified_head = max(self._notified_head, end)
+            self._wake.set()
 
     async def _run_tailer(self) -> None:
         """Hands every committed event, whichever process appended it, to this process's readers."""
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while True:
+            while self._notified_head > self._tail:
                 try:
                     events = await self.read(after=self._tail, limit=10_000)
                 except (asyncpg.PostgresError, OSError):
@@ -355,6 +418,11 @@ class PostgresEventLog:
                     self._subscriptions.publish(fresh)
                 if len(events) < 10_000:
                     break
+
+
+async def _keep_session(conn: Any) -> None:
+    """A connection goes back to the pool as it is (asyncpg still rolls back an open transaction):
+    nothing here sets session state, so the default reset's round trip would be pure cost."""
 
 
 def _loader(conn: Any) -> LoadViews:

@@ -62,12 +62,9 @@ class PostgresRunLeases:
         self._dead: list[str] = []  # owners on this machine whose process is gone (see `lapsed`)
 
     async def open(self) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(7413)")
-            try:
-                await conn.execute(_SCHEMA)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(7413)")
+        async with self._pool.acquire() as conn, conn.transaction():  # the lock ends with it
+            await conn.execute("SELECT pg_advisory_xact_lock(7413)")  # one process creates the schema
+            await conn.execute(_SCHEMA)
         self._listener = await asyncpg.connect(self._dsn)
         await self._listener.add_listener(CONTROL_CHANNEL, self._notified)
 

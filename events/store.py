@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from events.leases import LocalRunLeases
+from events.leases import Fence, LocalRunLeases
 from events.log import LoadViews, Projector, ViewKey
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
 from events.sqlite_views import (
@@ -293,11 +293,13 @@ class EventStore:
         events: Sequence[NewEvent],
         *,
         expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> list[StoredEvent]:
         """Append events to one stream atomically; returns them once committed.
 
         `expected_version` is the stream version the caller based its decision on (0 for
-        a new stream); None appends at the head whatever it is.
+        a new stream); None appends at the head whatever it is. `fence` is ignored: this
+        process owns the log, so no other can hold a lease on it.
         """
         if not events:
             return []
@@ -309,6 +311,7 @@ class EventStore:
         events: Sequence[NewEvent],
         *,
         expected_version: int | None = None,
+        fence: Fence | None = None,
     ) -> asyncio.Future[list[StoredEvent]]:
         """`append` without waiting: the future resolves when the events are committed.
 

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from events.leases import Fence
 from events.records import NewEvent, StoredEvent
 
 __all__ = ["PendingAppend", "run_writer"]
@@ -20,6 +21,7 @@ class PendingAppend:
     future: asyncio.Future[list[StoredEvent]]
     request_id: str | None = None
     project_id: str | None = None  # None: the server's own append, in the stream's project
+    fence: Fence | None = None
 
 
 async def run_writer(

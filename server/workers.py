@@ -75,15 +75,12 @@ def serve_workers(args: argparse.Namespace, settings: Settings) -> int:
         extra={"event": "workers", "pids": [w.pid for w in workers]},
     )
     started = [time.monotonic()] * len(workers)
-    failures = 0
     while True:
-        live = [w for w in workers if w.exitcode is None]
-        if stopping and not live:
-            break
-        wait([w.sentinel for w in live] + [stop_read])
-        if stopping:
-            continue
+        # Exits are looked for before each wait, not after it: a worker reaped by the `live` check
+        # below (its sentinel fired a moment before it could be reaped) must not go unnoticed.
         for index, worker in enumerate(workers):
+            if stopping:
+                break
             if worker.exitcode is None:
                 continue
             logger.warning(
@@ -93,7 +90,6 @@ def serve_workers(args: argparse.Namespace, settings: Settings) -> int:
                 worker.exitcode,
                 extra={"event": "worker_exited", "pid": worker.pid, "exitcode": worker.exitcode},
             )
-            failures += 1
             if time.monotonic() - started[index] < _RESTART_PAUSE_S:
                 time.sleep(_RESTART_PAUSE_S)
             if worker.exitcode in (2, 3) and time.monotonic() - started[index] < 10:
@@ -103,6 +99,11 @@ def serve_workers(args: argparse.Namespace, settings: Settings) -> int:
                 break
             workers[index] = start(index)
             started[index] = time.monotonic()
+        live = [w for w in workers if w.exitcode is None]
+        if stopping and not live:
+            break
+        if stop_read in wait([w.sentinel for w in live] + [stop_read]):
+            os.read(stop_read, 64)  # drained, or the wait would return at once until the workers end
     listener.close()
     codes = [w.exitcode for w in workers]
     return 0 if all(code == 0 for code in codes) else 1

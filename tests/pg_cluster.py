@@ -47,7 +47,8 @@ class PostgresCluster:
         self.process: subprocess.Popen[bytes] | None = None
         self._databases = 0
 
-    def start(self, timeout: float = 60.0) -> PostgresCluster:
+    def start(self, timeout: float = 60.0, settings: dict[str, str] | None = None) -> PostgresCluster:
+        """`settings`: extra server settings (`-c name=value`), e.g. for a benchmark's statistics."""
         binaries = postgres_binaries()
         if binaries is None:
             raise RuntimeError("PostgreSQL server binaries are missing: run scripts/install --test")
@@ -61,7 +62,8 @@ class PostgresCluster:
         log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
             [str(binaries / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(sockets),
-             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
+             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+             *[arg for name, value in (settings or {}).items() for arg in ("-c", f"{name}={value}")]],
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=demote, cwd=self.root,
         )  # fmt: skip
         log.close()

@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from events import postgres_views
+from events.leases import Fence, LeaseLost
 from events.postgres import PostgresEventLog
 from events.records import PROJECT, NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore, ForeignStream
@@ -179,6 +181,86 @@ async def test_a_second_process_sees_appends_live(cluster: PostgresCluster) -> N
     finally:
         await watcher.close()
         await writer.close()
+
+
+async def _with_views(dsn: str) -> str:
+    """The views' tables, which the leases' scan reads (a log without projections has none)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(postgres_views.VIEWS_SCHEMA)
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def test_a_fence_refuses_appends_once_another_process_holds_the_lease(cluster: PostgresCluster) -> None:
+    """Appends fenced by a run's lease commit while this process holds it (or nobody does: a run
+    appends before its claim lands); once another holds it they are refused with LeaseLost, write
+    nothing and leave no hole, while an unfenced append beside them commits."""
+    dsn = await _with_views(await cluster.new_database())
+    a, b = PostgresEventLog(dsn), PostgresEventLog(dsn)
+    await a.open()
+    await b.open()
+    leases_a, leases_b = a.run_leases(5.0), b.run_leases(5.0)
+    await leases_a.open()
+    await leases_b.open()
+    mine = Fence("run_1", leases_a.owner)
+    try:
+        await a.append("thread_1", [tick(0)], fence=mine)
+        await leases_a.claim("run_1")
+        await a.append("thread_1", [tick(1)], fence=mine)
+        await leases_a.lapse_all()
+        assert await leases_b.take_over("run_1") == (True, False)
+        refused = a.enqueue("thread_1", [tick(2)], fence=mine)
+        beside = a.enqueue("thread_2", [tick(3)])
+        with pytest.raises(LeaseLost) as lost:
+            await refused
+        assert lost.value.holder == leases_b.owner
+        assert [e.sequence for e in await beside] == [3]
+        theirs = await b.append("thread_1", [tick(4)], fence=Fence("run_1", leases_b.owner))
+        assert [(e.sequence, e.version) for e in theirs] == [(4, 3)]
+        assert [e.data["n"] for e in await a.read(stream_id="thread_1")] == [0, 1, 4]
+    finally:
+        await leases_b.close()
+        await leases_a.close()
+        await b.close()
+        await a.close()
+
+
+async def test_a_fenced_append_waits_for_a_take_over_in_progress(cluster: PostgresCluster) -> None:
+    """The race a check before the append leaves open: another process is taking the lease over
+    (its update not yet committed) when this one appends. The append waits for it and, once it
+    commits, is refused: no word of the old holder lands after a take-over."""
+    dsn = await _with_views(await cluster.new_database())
+    log = PostgresEventLog(dsn)
+    await log.open()
+    leases = log.run_leases(5.0)
+    await leases.open()
+    taker = await asyncpg.connect(dsn)
+    try:
+        await leases.claim("run_1")
+        await log.append("thread_1", [tick(0)], fence=Fence("run_1", leases.owner))
+        taking = taker.transaction()
+        await taking.start()
+        await taker.execute("UPDATE leases SET owner = 'elsewhere/1/abc' WHERE key = 'run_1'")
+        pending = log.enqueue("thread_1", [tick(1)], fence=Fence("run_1", leases.owner))
+
+        async def blocked() -> bool:
+            return bool(await taker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+        while not await blocked():  # the append's transaction waits on the lease row
+            assert not pending.done(), "the append did not wait for the take-over"
+            await asyncio.sleep(0.01)
+        await taking.commit()
+        with pytest.raises(LeaseLost) as lost:
+            await asyncio.wait_for(pending, 10)
+        assert lost.value.holder == "elsewhere/1/abc"
+        assert [e.data["n"] for e in await log.read(stream_id="thread_1")] == [0]
+        assert log.head == 1
+    finally:
+        await taker.close()
+        await leases.close()
+        await log.close()
 
 
 # -- views folded in the append's transaction, on both backends ---------------------------------

@@ -11,6 +11,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,45 @@ def test_a_stalled_process_loses_its_runs(cluster: PostgresCluster, upstream: Ru
         a.stop()
 
 
+def test_a_run_whose_lease_is_taken_writes_nothing_more(
+    cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    """The lease changes hands while the process is busy streaming the run, between two of its
+    renewals (so no check before an append could know): the next append is refused inside its
+    transaction, the run stops there without another word, and it is settled once the new
+    holder's lease lapses (that holder never comes back)."""
+    dsn = cluster.create_database()
+    server = start_server(tmp_path / "a", upstream, THREADLOG_DATABASE_URL=dsn, THREADLOG_RUN_LEASE_SECONDS="2")
+    try:
+        sdk = make_sdk(server)
+        assistant = sdk.beta.assistants.create(model=MODEL)
+        thread = sdk.beta.threads.create(messages=[{"role": "user", "content": "long: 300\nslow: 50"}])
+        run = sdk.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+        wait_run(sdk, thread.id, run.id, statuses=("in_progress",))
+        wait_for(lambda: run.id in asyncio.run(_lease_owners(dsn)) or None, timeout=10)
+        head = asyncio.run(_steal_lease(dsn, run.id, "elsewhere/1/abc"))
+        failed = wait_run(sdk, thread.id, run.id, statuses=("failed",), timeout=30)
+        assert failed.last_error is not None and failed.last_error.code == "server_error"
+        after = [e.event for e in _run_events(server, thread.id, run.id) if int(e.id) > head]
+        assert after and "thread.message.delta" not in after, after
+        assert after[-1] == "thread.run.failed"
+        assert "elsewhere/1/abc holds it now" in server.log()
+    finally:
+        server.stop()
+
+
+async def _steal_lease(dsn: str, run_id: str, owner: str) -> int:
+    """Another owner for the run's lease, as a take-over writes it; the log's head once that committed."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "UPDATE leases SET owner = $2, expires_at = now() + interval '2 seconds' WHERE key = $1", run_id, owner
+        )
+        return int(await conn.fetchval("SELECT head FROM log_head"))
+    finally:
+        await conn.close()
+
+
 async def _lease_owners(dsn: str) -> dict[str, int]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -249,15 +289,27 @@ def test_serve_workers(cluster: PostgresCluster, upstream: RunningUpstream, tmp_
         with httpx.Client(timeout=10) as http:
 
             def pids() -> set[int]:
-                # fresh connections: the kernel spreads them across the workers (one the killed
-                # worker had accepted is reset: a client retries it, so does this)
-                seen = set()
-                for _ in range(40):
+                # fresh connections, eight at a time: the kernel spreads them across the workers
+                # that wait in accept (one the killed worker had accepted is reset: a client
+                # retries it, so does this)
+                def one(_: int) -> int | None:
                     with contextlib.suppress(httpx.TransportError):
-                        seen.add(httpx.get(f"{server.root_url}/healthz", timeout=10).json()["pid"])
-                return seen
+                        return int(httpx.get(f"{server.root_url}/healthz", timeout=10).json()["pid"])
+                    return None
 
-            workers = wait_for(lambda: pids() if len(pids()) == 2 else None, timeout=30)
+                with ThreadPoolExecutor(8) as pool:
+                    return {pid for pid in pool.map(one, range(40)) if pid is not None}
+
+            def workers_seen(excluded: int | None = None) -> Callable[[], set[int] | None]:
+                seen: set[int] = set()  # over several polls: one poll may reach one worker only
+
+                def poll() -> set[int] | None:
+                    seen.update(pid for pid in pids() if pid != excluded)
+                    return set(seen) if len(seen) == 2 else None
+
+                return poll
+
+            workers = wait_for(workers_seen(), timeout=30)
             assert server.process is not None and server.process.pid not in workers
             sdk = make_sdk(server)
             assistant = sdk.beta.assistants.create(model=MODEL)
@@ -271,8 +323,11 @@ def test_serve_workers(cluster: PostgresCluster, upstream: RunningUpstream, tmp_
             assert {owners[run.id] for run in runs} <= workers
             victim = min(workers)
             os.kill(victim, signal.SIGKILL)
-            replaced = wait_for(lambda: pids() if len(pids()) == 2 and victim not in pids() else None, timeout=30)
-            assert victim not in replaced
+            try:
+                replaced = wait_for(workers_seen(excluded=victim), timeout=30)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the server's log:\n{server.log()}") from None
+            assert replaced - workers and server.process.pid not in replaced  # a new worker took its place
             ended = {run.id: wait_run(sdk, run.thread_id, run.id, timeout=60).status for run in runs}
             assert ended == {run.id: "failed" if owners[run.id] == victim else "completed" for run in runs}
             assert "exited with -9; starting another" in server.log()

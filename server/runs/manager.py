@@ -20,7 +20,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from events.leases import LocalRunLeases, RunLeases
+from events.leases import Fence, LeaseLost, LocalRunLeases, RunLeases
 from events.log import EventLog
 from events.records import RUN_END_TYPES, NewEvent, StoredEvent
 from events.store import ConcurrencyError
@@ -63,10 +63,21 @@ class _RunLog:
     MAX_PENDING = 512  # the engine waits when this many events are not yet committed
 
     def __init__(
-        self, store: EventLog, stream_id: str, opening: asyncio.Future[list[StoredEvent]] | None = None
+        self,
+        store: EventLog,
+        stream_id: str,
+        opening: asyncio.Future[list[StoredEvent]] | None = None,
+        *,
+        fence: Fence | None = None,
+        claimed: asyncio.Future[None] | None = None,
     ) -> None:
         self.store = store
         self.stream_id = stream_id
+        # On a shared log every append is fenced by the run's lease, and the first waits until
+        # this process's claim has landed: before it, a resumed run's lease still names the
+        # process that held it while the run waited for tool outputs.
+        self.fence = fence
+        self.claimed = claimed if fence is not None else None
         self.buffer: list[NewEvent] = []
         # The append that creates the run, when the run starts before it commits: its
         # events come after it, and go nowhere if it fails (the run then never existed).
@@ -95,11 +106,17 @@ class _RunLog:
             await self.drain()
 
     def _send(self) -> None:
+        claimed = self.claimed
+        if claimed is not None and not claimed.done():
+            self.scheduled = True
+            claimed.add_done_callback(lambda _: self._send())
+            return
+        self.claimed = None
         self.scheduled = False
         events, self.buffer = self.buffer, []
         if events and self.error is None:
             try:
-                self.inflight = self.store.enqueue(self.stream_id, events)
+                self.inflight = self.store.enqueue(self.stream_id, events, fence=self.fence)
             except Exception as exc:
                 self.error = exc
             else:
@@ -238,12 +255,12 @@ class RunManager:
         run_id = run["id"]
         engine = RunEngine(run, provider=provider, views=self.views, builtins=self.builtins, model_calls=model_calls)
         engine.unlogged_messages = list(messages or [])
-        log = _RunLog(self.store, run["thread_id"], opening)
+        self._claim(run_id)
+        log = _RunLog(self.store, run["thread_id"], opening, fence=self._fence(run_id), claimed=self._claims[run_id])
         engine.barrier = log.drain
         self._engines[run_id] = engine
         self._logs[run_id] = log
         self._cancel_expiry(run_id)
-        self._claim(run_id)
         task = asyncio.create_task(self._drive(engine, log), name=f"run-{run_id}")
         self._tasks[run_id] = task
         loop = asyncio.get_running_loop()
@@ -266,7 +283,24 @@ class RunManager:
         return run_id in self._tasks
 
     async def _append(self, run: dict[str, Any], events: list[NewEvent]) -> None:
-        await self.store.append(run["thread_id"], events)
+        """The run's closing events, by the process executing it (so fenced by its lease)."""
+        try:
+            await self.store.append(run["thread_id"], events, fence=self._fence(run["id"]))
+        except LeaseLost as exc:
+            logger.warning("run %s: not closed here, %s holds it now", run["id"], exc.holder)
+
+    def _fence(self, run_id: str) -> Fence | None:
+        """What keeps a run's appends to the process holding its lease, on a log others share."""
+        return None if self.store.exclusive else Fence(run_id, self.leases.owner)
+
+    def _lost(self, engine: RunEngine, exc: LeaseLost) -> None:
+        """An append of the run was refused: another process holds its lease (this one stalled
+        past it). Stop here without a word to the log; the holder settles the run."""
+        run_id = engine.run["id"]
+        logger.warning("run %s: another process took it over (%s holds it now); stopped here", run_id, exc.holder)
+        engine.abandoned = True
+        self._cancel_expiry(run_id)
+        self._claims.pop(run_id, None)
 
     async def _drive(self, engine: RunEngine, log: _RunLog) -> None:
         if not tracing.ENABLED:
@@ -316,6 +350,8 @@ class RunManager:
                 return  # nothing to close: the run never existed
             if isinstance(exc, asyncio.CancelledError):
                 await self._closed(engine, log)
+            elif isinstance(exc, LeaseLost):
+                self._lost(engine, exc)
             elif isinstance(exc, Exception):
                 await self._failed(engine, log, exc)
             else:
