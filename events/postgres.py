@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -72,17 +71,20 @@ _STREAM_HEADS = (
     "(SELECT e.project_id FROM events e WHERE e.stream_id = s.stream_id AND e.version = 1) AS project_id "
     "FROM unnest($1::text[]) AS s(stream_id)"
 )
+# The same, and who holds the fenced leases (rows with a holder), read under the log's lock by a
+# statement of its own (so with a snapshot taken after the lock): a take-over changes a holder
+# under that lock too (events/postgres_leases.py), so it comes wholly before or after an append.
+_STREAM_HEADS_AND_HOLDERS = (
+    "SELECT s.stream_id, "
+    "(SELECT MAX(e.version) FROM events e WHERE e.stream_id = s.stream_id) AS version, "
+    "(SELECT e.project_id FROM events e WHERE e.stream_id = s.stream_id AND e.version = 1) AS project_id, "
+    "NULL::text AS holder "
+    "FROM unnest($1::text[]) AS s(stream_id) "
+    "UNION ALL SELECT key, NULL, NULL, owner FROM leases WHERE key = ANY($2::text[])"
+)
 
 # The log's one lock: positions are handed out under it, so appends commit in sequence order.
 _TAKE_POSITIONS = "UPDATE log_head SET head = head + $1 RETURNING head"
-# The same, and the fenced leases' holders, share-locked until the commit: a take-over (which
-# updates the row) waits for this append, and every append after it sees the new holder.
-_TAKE_POSITIONS_FENCED = (
-    "WITH taken AS (UPDATE log_head SET head = head + $1 RETURNING head), "
-    "held AS (SELECT key, owner FROM leases WHERE key = ANY($2::text[]) FOR SHARE) "
-    "SELECT (SELECT head FROM taken) AS head, "
-    "(SELECT COALESCE(jsonb_object_agg(key, owner), '{}'::jsonb)::text FROM held) AS holders"
-)
 
 _COLUMNS = "sequence, stream_id, version, type, data, created_at, run_id, schema_version, request_id, project_id"
 
@@ -261,12 +263,7 @@ class PostgresEventLog:
         started = time.perf_counter()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                fences = sorted({req.fence.key for req in pending if req.fence is not None})
-                if fences:
-                    row = await conn.fetchrow(_TAKE_POSITIONS_FENCED, total, fences)
-                    head, holders = int(row["head"]), json.loads(row["holders"])
-                else:
-                    head, holders = int(await conn.fetchval(_TAKE_POSITIONS, total)), {}
+                head = int(await conn.fetchval(_TAKE_POSITIONS, total))
                 sequence = head - total
                 projector = self.projector
                 seen = min(self._known, self._tail)
@@ -282,10 +279,16 @@ class PostgresEventLog:
                     if projector is not None:
                         projector.forget([event for event in foreign if event.sequence > self._known])
                 streams = sorted({req.stream_id for req in pending})
+                fences = sorted({req.fence.key for req in pending if req.fence is not None})
+                if fences:
+                    rows_read = await conn.fetch(_STREAM_HEADS_AND_HOLDERS, streams, fences)
+                else:
+                    rows_read = await conn.fetch(_STREAM_HEADS, streams)
+                holders = {row["stream_id"]: row["holder"] for row in rows_read if fences and row["holder"] is not None}
                 known = {
                     row["stream_id"]: (int(row["version"]), row["project_id"])
-                    for row in await conn.fetch(_STREAM_HEADS, streams)
-                    if row["version"] is not None
+                    for row in rows_read
+                    if row["version"] is not None and not (fences and row["holder"] is not None)
                 }
                 rows: list[tuple[Any, ...]] = []
                 for req in pending:

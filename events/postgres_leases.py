@@ -85,7 +85,10 @@ class PostgresRunLeases:
         )
 
     async def take_over(self, key: str) -> tuple[bool, bool]:
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Under the log's lock (events/postgres.py): an append fenced by this lease is then
+            # wholly before the take-over, or sees the new holder and is refused.
+            await conn.execute("SELECT head FROM log_head FOR UPDATE")
             row = await conn.fetchrow(
                 "UPDATE leases SET owner = $2, expires_at = now() + make_interval(secs => $3) "
                 "WHERE key = $1 AND (expires_at < now() OR owner = ANY($4::text[])) RETURNING cancel_requested",

@@ -229,8 +229,9 @@ async def test_a_fence_refuses_appends_once_another_process_holds_the_lease(clus
 
 async def test_a_fenced_append_waits_for_a_take_over_in_progress(cluster: PostgresCluster) -> None:
     """The race a check before the append leaves open: another process is taking the lease over
-    (its update not yet committed) when this one appends. The append waits for it and, once it
-    commits, is refused: no word of the old holder lands after a take-over."""
+    (under the log's lock, as `take_over` does; not yet committed) when this one appends. The
+    append waits for it and, once it commits, is refused: no word of the old holder lands after a
+    take-over."""
     dsn = await _with_views(await cluster.new_database())
     log = PostgresEventLog(dsn)
     await log.open()
@@ -242,13 +243,14 @@ async def test_a_fenced_append_waits_for_a_take_over_in_progress(cluster: Postgr
         await log.append("thread_1", [tick(0)], fence=Fence("run_1", leases.owner))
         taking = taker.transaction()
         await taking.start()
+        await taker.execute("SELECT head FROM log_head FOR UPDATE")
         await taker.execute("UPDATE leases SET owner = 'elsewhere/1/abc' WHERE key = 'run_1'")
         pending = log.enqueue("thread_1", [tick(1)], fence=Fence("run_1", leases.owner))
 
         async def blocked() -> bool:
             return bool(await taker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
 
-        while not await blocked():  # the append's transaction waits on the lease row
+        while not await blocked():  # the append's transaction waits for the log's lock
             assert not pending.done(), "the append did not wait for the take-over"
             await asyncio.sleep(0.01)
         await taking.commit()

@@ -254,12 +254,15 @@ def test_a_run_whose_lease_is_taken_writes_nothing_more(
 
 
 async def _steal_lease(dsn: str, run_id: str, owner: str) -> int:
-    """Another owner for the run's lease, as a take-over writes it; the log's head once that committed."""
+    """Another owner for the run's lease, as a take-over writes it (under the log's lock); the log's
+    head once that committed."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "UPDATE leases SET owner = $2, expires_at = now() + interval '2 seconds' WHERE key = $1", run_id, owner
-        )
+        async with conn.transaction():
+            await conn.execute("SELECT head FROM log_head FOR UPDATE")
+            await conn.execute(
+                "UPDATE leases SET owner = $2, expires_at = now() + interval '2 seconds' WHERE key = $1", run_id, owner
+            )
         return int(await conn.fetchval("SELECT head FROM log_head"))
     finally:
         await conn.close()
@@ -309,7 +312,10 @@ def test_serve_workers(cluster: PostgresCluster, upstream: RunningUpstream, tmp_
 
                 return poll
 
-            workers = wait_for(workers_seen(), timeout=30)
+            try:
+                workers = wait_for(workers_seen(), timeout=30)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the server's log:\n{server.log()}") from None
             assert server.process is not None and server.process.pid not in workers
             sdk = make_sdk(server)
             assistant = sdk.beta.assistants.create(model=MODEL)
