@@ -65,22 +65,19 @@ INSERT INTO log_head (only_row, head) VALUES (TRUE, 0) ON CONFLICT DO NOTHING;
 # Each stream's version and project by two lookups in the (stream_id, version) index: an
 # aggregate over the stream's rows (MAX with a FILTER) would read every event of every stream
 # an append touches, under the log's lock.
-_STREAM_HEADS = (
+_HEADS_OF_STREAMS = (
     "SELECT s.stream_id, "
     "(SELECT MAX(e.version) FROM events e WHERE e.stream_id = s.stream_id) AS version, "
-    "(SELECT e.project_id FROM events e WHERE e.stream_id = s.stream_id AND e.version = 1) AS project_id "
+    "(SELECT e.project_id FROM events e WHERE e.stream_id = s.stream_id AND e.version = 1) AS project_id{holder} "
     "FROM unnest($1::text[]) AS s(stream_id)"
 )
+_STREAM_HEADS = _HEADS_OF_STREAMS.format(holder="")
 # The same, and who holds the fenced leases (rows with a holder), read under the log's lock by a
 # statement of its own (so with a snapshot taken after the lock): a take-over changes a holder
 # under that lock too (events/postgres_leases.py), so it comes wholly before or after an append.
 _STREAM_HEADS_AND_HOLDERS = (
-    "SELECT s.stream_id, "
-    "(SELECT MAX(e.version) FROM events e WHERE e.stream_id = s.stream_id) AS version, "
-    "(SELECT e.project_id FROM events e WHERE e.stream_id = s.stream_id AND e.version = 1) AS project_id, "
-    "NULL::text AS holder "
-    "FROM unnest($1::text[]) AS s(stream_id) "
-    "UNION ALL SELECT key, NULL, NULL, owner FROM leases WHERE key = ANY($2::text[])"
+    _HEADS_OF_STREAMS.format(holder=", NULL::text AS holder")
+    + " UNION ALL SELECT key, NULL, NULL, owner FROM leases WHERE key = ANY($2::text[])"
 )
 
 # The log's one lock: positions are handed out under it, so appends commit in sequence order.
@@ -281,15 +278,16 @@ class PostgresEventLog:
                 streams = sorted({req.stream_id for req in pending})
                 fences = sorted({req.fence.key for req in pending if req.fence is not None})
                 if fences:
-                    rows_read = await conn.fetch(_STREAM_HEADS_AND_HOLDERS, streams, fences)
+                    heads = await conn.fetch(_STREAM_HEADS_AND_HOLDERS, streams, fences)
                 else:
-                    rows_read = await conn.fetch(_STREAM_HEADS, streams)
-                holders = {row["stream_id"]: row["holder"] for row in rows_read if fences and row["holder"] is not None}
-                known = {
-                    row["stream_id"]: (int(row["version"]), row["project_id"])
-                    for row in rows_read
-                    if row["version"] is not None and not (fences and row["holder"] is not None)
-                }
+                    heads = await conn.fetch(_STREAM_HEADS, streams)
+                holders: dict[str, str] = {}  # lease key -> owner
+                known: dict[str, tuple[int, str | None]] = {}  # stream -> (version, project)
+                for row in heads:
+                    if fences and row["holder"] is not None:
+                        holders[row["stream_id"]] = row["holder"]
+                    elif row["version"] is not None:
+                        known[row["stream_id"]] = (int(row["version"]), row["project_id"])
                 rows: list[tuple[Any, ...]] = []
                 for req in pending:
                     if req.fence is not None and holders.get(req.fence.key, req.fence.owner) != req.fence.owner:
