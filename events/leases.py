@@ -80,6 +80,13 @@ class RunLeases(Protocol):
     def on_cancel_requested(self, callback: Callable[[str], None]) -> None:
         """`callback(run_id)` when another process asks this one to cancel a run it holds."""
 
+    async def request_metadata(self, run_id: str, metadata: dict[str, str]) -> bool:
+        """Ask the process holding the run to record new metadata for it (its snapshots on their
+        way to the log carry the old one); False when no live process holds it."""
+
+    def on_metadata_requested(self, callback: Callable[[str, dict[str, str]], None]) -> None:
+        """`callback(run_id, metadata)` when another process asks this one to change a run's metadata."""
+
 
 class LocalRunLeases:
     """implements RunLeases for a log that one process owns: every lease is this process's."""
@@ -118,4 +125,10 @@ class LocalRunLeases:
         return False  # no other process to ask
 
     def on_cancel_requested(self, callback: Callable[[str], None]) -> None:
+        return None
+
+    async def request_metadata(self, run_id: str, metadata: dict[str, str]) -> bool:
+        return False
+
+    def on_metadata_requested(self, callback: Callable[[str, dict[str, str]], None]) -> None:
         return None

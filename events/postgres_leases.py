@@ -4,12 +4,16 @@ One row per run that has not ended (and per vector store file being ingested): i
 when the lease lapses, in the database's own clock (so machines whose clocks disagree still
 agree on who is dead). The owner renews all of its rows in one statement. A cancel asked of
 another process sets the row's flag and sends `NOTIFY threadlog_control`: the notification is
-the prompt path, the flag (read back at each renewal) the one that cannot be missed.
+the prompt path, the flag (read back at each renewal) the one that cannot be missed. A metadata
+update for a run another process executes goes the same way, the metadata in the row (a
+notification's payload is too small for it), taken from it by the owner exactly once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -36,6 +40,7 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_at       TIMESTAMPTZ NOT NULL,
     cancel_requested BOOLEAN NOT NULL DEFAULT FALSE
 );
+ALTER TABLE leases ADD COLUMN IF NOT EXISTS metadata_request TEXT;  -- JSON, for the owner to take
 CREATE INDEX IF NOT EXISTS leases_owner ON leases (owner);
 CREATE INDEX IF NOT EXISTS leases_expiry ON leases (expires_at);
 -- the runs that have not ended, for the scan that finds one nobody holds
@@ -59,6 +64,8 @@ class PostgresRunLeases:
         self._dsn = dsn
         self._listener: asyncpg.Connection | None = None
         self._callbacks: list[Callable[[str], None]] = []
+        self._metadata_callbacks: list[Callable[[str, dict[str, str]], None]] = []
+        self._taking: set[asyncio.Task[None]] = set()
         self._dead: list[str] = []  # owners on this machine whose process is gone (see `lapsed`)
 
     async def open(self) -> None:
@@ -69,6 +76,8 @@ class PostgresRunLeases:
         await self._listener.add_listener(CONTROL_CHANNEL, self._notified)
 
     async def close(self) -> None:
+        for task in list(self._taking):
+            task.cancel()
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -78,7 +87,7 @@ class PostgresRunLeases:
         await self._pool.execute(
             "INSERT INTO leases (key, owner, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3)) "
             "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, "
-            "cancel_requested = FALSE",
+            "cancel_requested = FALSE, metadata_request = NULL",
             key,
             self.owner,
             self.ttl_s,
@@ -120,13 +129,15 @@ class PostgresRunLeases:
     async def renew(self) -> set[str]:
         rows = await self._pool.fetch(
             "UPDATE leases SET expires_at = now() + make_interval(secs => $2) WHERE owner = $1 "
-            "RETURNING key, cancel_requested",
+            "RETURNING key, cancel_requested, metadata_request IS NOT NULL AS metadata_requested",
             self.owner,
             self.ttl_s,
         )
         for row in rows:
             if row["cancel_requested"]:
                 self._cancel_requested(row["key"])
+            if row["metadata_requested"]:
+                await self._take_metadata(row["key"])
         return {row["key"] for row in rows}
 
     async def lapse_all(self) -> None:
@@ -173,11 +184,58 @@ class PostgresRunLeases:
     def on_cancel_requested(self, callback: Callable[[str], None]) -> None:
         self._callbacks.append(callback)
 
+    async def request_metadata(self, key: str, metadata: dict[str, str]) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            owner = await conn.fetchval(
+                "UPDATE leases SET metadata_request = $3 "
+                "WHERE key = $1 AND expires_at >= now() AND NOT owner = ANY($2::text[]) RETURNING owner",
+                key,
+                self._dead,
+                json.dumps(metadata),
+            )
+            if owner is None:
+                return False
+            await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, f"metadata {owner} {key}")
+        return True
+
+    def on_metadata_requested(self, callback: Callable[[str, dict[str, str]], None]) -> None:
+        self._metadata_callbacks.append(callback)
+
+    async def _take_metadata(self, key: str) -> None:
+        """The metadata asked for a run this process holds, cleared from its row in the same
+        statement: the notification and the renewal that both see it deliver it once."""
+        requested = await self._pool.fetchval(
+            "UPDATE leases l SET metadata_request = NULL "
+            "FROM (SELECT key, metadata_request FROM leases WHERE key = $1 AND owner = $2 FOR UPDATE) asked "
+            "WHERE l.key = asked.key AND asked.metadata_request IS NOT NULL RETURNING asked.metadata_request",
+            key,
+            self.owner,
+        )
+        if requested is None:
+            return
+        metadata = json.loads(requested)
+        for callback in self._metadata_callbacks:
+            try:
+                callback(key, metadata)
+            except Exception:
+                logger.exception("metadata update for run %s failed", key)
+
     def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         verb, _, rest = payload.partition(" ")
         owner, _, key = rest.partition(" ")
-        if verb == "cancel" and owner == self.owner:
+        if owner != self.owner:
+            return
+        if verb == "cancel":
             self._cancel_requested(key)
+        elif verb == "metadata":
+            task = asyncio.get_running_loop().create_task(self._take_metadata(key), name=f"metadata-{key}")
+            self._taking.add(task)
+            task.add_done_callback(self._taken)
+
+    def _taken(self, task: asyncio.Task[None]) -> None:
+        self._taking.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("metadata update: could not read the request", exc_info=task.exception())
 
     def _cancel_requested(self, key: str) -> None:
         for callback in self._callbacks:

@@ -265,6 +265,37 @@ async def test_a_fenced_append_waits_for_a_take_over_in_progress(cluster: Postgr
         await log.close()
 
 
+async def test_a_metadata_request_reaches_the_holder_once(cluster: PostgresCluster) -> None:
+    """A metadata update asked of the process holding a run reaches it once: by the notification,
+    or, if that was missed, by its next renewal; a run that no live process holds is not asked."""
+    dsn = await _with_views(await cluster.new_database())
+    log = PostgresEventLog(dsn)
+    await log.open()
+    holder, asker = log.run_leases(5.0), log.run_leases(5.0)
+    await holder.open()
+    await asker.open()
+    got: asyncio.Queue[tuple[str, dict[str, str]]] = asyncio.Queue()
+    holder.on_metadata_requested(lambda run_id, metadata: got.put_nowait((run_id, metadata)))
+    try:
+        assert await asker.request_metadata("run_1", {"k": "v"}) is False  # nobody holds it
+        await holder.claim("run_1")
+        assert await asker.request_metadata("run_1", {"k": "1"}) is True
+        assert await asyncio.wait_for(got.get(), 10) == ("run_1", {"k": "1"})
+        assert await holder.renew() == {"run_1"}
+        assert got.empty()  # taken once: the renewal finds nothing left
+        await holder.close()  # its listener is gone: the notification is missed
+        assert await asker.request_metadata("run_1", {"k": "2"}) is True
+        assert got.empty()
+        assert await holder.renew() == {"run_1"}
+        assert got.get_nowait() == ("run_1", {"k": "2"})
+        await holder.lapse_all()
+        assert await asker.request_metadata("run_1", {"k": "3"}) is False  # its holder is taken for dead
+    finally:
+        await asker.close()
+        await holder.close()
+        await log.close()
+
+
 # -- views folded in the append's transaction, on both backends ---------------------------------
 
 _HISTORY = [

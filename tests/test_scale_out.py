@@ -122,6 +122,39 @@ def test_two_processes_serve_one_log(cluster: PostgresCluster, upstream: Running
         a.stop()
 
 
+def test_metadata_changed_through_another_process_outlasts_the_run(
+    cluster: PostgresCluster, upstream: RunningUpstream, tmp_path: Path
+) -> None:
+    """The run executes on A, its metadata is changed through B: A's later snapshots (the
+    `completed` one among them) carry the new metadata instead of overwriting it with the old."""
+    a, b = _pair(tmp_path, upstream, cluster.create_database())
+    try:
+        sdk_a, sdk_b = make_sdk(a), make_sdk(b)
+        assistant = sdk_a.beta.assistants.create(model=MODEL)
+        thread = sdk_a.beta.threads.create(messages=[{"role": "user", "content": "slow: 50\nlong: 80"}])
+        run = sdk_a.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id, metadata={"v": "0"})
+        with (
+            http_client(b) as http,
+            http.stream("GET", f"/threads/{thread.id}/runs/{run.id}/events") as response,
+        ):
+            stream = SSEStream(response)
+            stream.read(count_until("thread.message.delta", 3))
+            updated = sdk_b.beta.threads.runs.update(run.id, thread_id=thread.id, metadata={"v": "1"})
+            assert updated.metadata == {"v": "1"}
+            seen = [e for e in stream.read() if e.id is not None]
+        assert seen[-1].event == "thread.run.completed"
+        for sdk in (sdk_a, sdk_b):
+            assert sdk.beta.threads.runs.retrieve(run.id, thread_id=thread.id).metadata == {"v": "1"}
+        logged = _run_events(a, thread.id, run.id)
+        snapshots = [e for e in logged if e.event and e.event.startswith("thread.run.") and "step" not in e.event]
+        assert snapshots[-1].event == "thread.run.completed"
+        assert snapshots[0].json()["metadata"] == {"v": "0"}
+        assert snapshots[-1].json()["metadata"] == {"v": "1"}
+    finally:
+        b.stop()
+        a.stop()
+
+
 def _start_stream(server: ServerProcess, assistant_id: str, text: str, stack: contextlib.ExitStack) -> Any:
     http = stack.enter_context(http_client(server))
     body = {"assistant_id": assistant_id, "stream": True, "thread": {"messages": [{"role": "user", "content": text}]}}

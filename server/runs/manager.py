@@ -212,6 +212,7 @@ class RunManager:
         self.store = store
         self.leases: RunLeases = leases or LocalRunLeases()
         self.leases.on_cancel_requested(self._cancel_requested_elsewhere)
+        self.leases.on_metadata_requested(self._metadata_requested_elsewhere)
         self._claims: dict[str, asyncio.Future[None]] = {}  # runs this process answers for
         self._leases_good_until = time.monotonic() + self.leases.ttl_s * 0.8
         self._renewing: asyncio.Future[set[str]] | None = None
@@ -537,13 +538,16 @@ class RunManager:
 
             self._in_background(cancel(), f"cancel-{run_id}")
 
-    async def update_metadata(self, thread_id: str, run_id: str, metadata: dict[str, str]) -> None:
+    async def update_metadata(
+        self, thread_id: str, run_id: str, metadata: dict[str, str], *, forward: bool = True
+    ) -> None:
         """Record a metadata update so that no later snapshot of the run carries the old metadata.
 
         While the run executes, its snapshots are on their way to the log: the update goes
         into the run's own queue of events, behind what the engine already yielded, and the
         engine's copy of the run changes at the same moment, so every snapshot after it has
-        the new metadata. A run that has handed over its last event is waited for first.
+        the new metadata. A run that has handed over its last event is waited for first. A
+        run that another process executes is that process's to update (`_update_elsewhere`).
         """
         event = NewEvent("thread.run.updated", {"id": run_id, "metadata": metadata}, run_id=run_id)
         engine, log, task = self._engines.get(run_id), self._logs.get(run_id), self._tasks.get(run_id)
@@ -554,7 +558,43 @@ class RunManager:
             return
         if task is not None:
             await asyncio.wait({task})
+        elif forward and not self.store.exclusive and await self._update_elsewhere(thread_id, run_id, metadata):
+            return
         await self.store.append(thread_id, [event])
+
+    async def _update_elsewhere(self, thread_id: str, run_id: str, metadata: dict[str, str]) -> bool:
+        """Have the process executing the run record the update, and follow the thread until it
+        has: appended from here, it could land before a snapshot that process already yielded
+        with the old metadata. False when no process executes the run (the caller appends)."""
+        deadline = time.monotonic() + 3 * self.leases.ttl_s  # an owner that neither answers nor dies
+        while time.monotonic() < deadline:
+            events = self.store.subscribe_batches(stream_id=thread_id, after=self.store.head)
+            try:
+                run = await self.views.get("run", run_id)
+                if run is None or run["status"] not in (*_EXECUTING, "cancelling"):
+                    return False
+                asked = await self.leases.request_metadata(run_id, metadata)
+                # Not asked: its owner is gone or its claim is still on the way: look again soon.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.leases.ttl_s if asked else 0.25):
+                        async for batch in events:
+                            # Ours, or a later update that superseded it (the owner took the last one asked).
+                            if any(e.run_id == run_id and e.type == "thread.run.updated" for e in batch):
+                                return True
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+        return False
+
+    def _metadata_requested_elsewhere(self, run_id: str, metadata: dict[str, str]) -> None:
+        """Another process was asked to change the metadata of a run this one holds."""
+
+        async def update() -> None:
+            engine = self._engines.get(run_id)
+            run = engine.run if engine is not None else await self.views.get("run", run_id)
+            if run is not None:
+                await self.update_metadata(run["thread_id"], run_id, metadata, forward=False)
+
+        self._in_background(self._quietly(update(), f"metadata update of {run_id}"), f"metadata-{run_id}")
 
     @property
     def running(self) -> int:
