@@ -24,13 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from events.records import RUN_END_TYPES
+from events.records import DELTA_TYPES, RUN_END_TYPES
 
 __all__ = ["DELTA_TYPES", "CompactionReport", "compact", "compact_periodically"]
 
 logger = logging.getLogger("threadlog.compaction")
-
-DELTA_TYPES = ("thread.message.delta", "thread.run.step.delta")
 
 
 @dataclass(frozen=True)
@@ -67,26 +65,18 @@ def compact(
         runs = removed = before = after = 0
         for start in range(0, len(ended), batch_runs):
             chunk = ended[start : start + batch_runs]
-            marks = ",".join("?" * len(chunk))
             conn.execute("BEGIN IMMEDIATE")
             try:
-                size = conn.execute(
-                    f"SELECT count(*), COALESCE(sum(length(data)), 0), "
-                    f"COALESCE(sum(CASE WHEN type IN (?, ?) THEN length(data) ELSE 0 END), 0) "
-                    f"FROM events WHERE run_id IN ({marks})",
-                    (*DELTA_TYPES, *chunk),
-                ).fetchone()
-                deleted = conn.execute(
-                    f"DELETE FROM events WHERE run_id IN ({marks}) AND type IN (?, ?)", (*chunk, *DELTA_TYPES)
-                ).rowcount
+                for span in chunk:
+                    size, deltas_size = conn.execute(_SIZE_OF_RUN, span).fetchone()
+                    removed += conn.execute(_DELETE_DELTAS, span).rowcount
+                    before += int(size)
+                    after += int(size) - int(deltas_size)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            runs += len(chunk)
-            removed += deleted
-            before += int(size[1])
-            after += int(size[1]) - int(size[2])
+            runs += len({span["run"] for span in chunk})
             if progress is not None:
                 progress(runs, len(ended))
     return CompactionReport(runs, removed, before, after, time.perf_counter() - started)
@@ -112,13 +102,33 @@ async def compact_periodically(db_path: Path, older_than_s: float, interval_s: f
         await asyncio.sleep(interval_s)  # a schedule, not a wait for something
 
 
-def _ended_runs_with_deltas(conn: sqlite3.Connection, cutoff: float) -> list[str]:
-    ends = sorted(RUN_END_TYPES)
-    marks = ",".join("?" * len(ends))
+_DELTAS = ", ".join(f"'{t}'" for t in DELTA_TYPES)
+_IN_SPAN = "stream_id = :stream AND version BETWEEN :first AND :last AND run_id = :run"
+_SIZE_OF_RUN = (
+    f"SELECT COALESCE(sum(length(data)), 0), "
+    f"COALESCE(sum(CASE WHEN type IN ({_DELTAS}) THEN length(data) ELSE 0 END), 0) FROM events WHERE {_IN_SPAN}"
+)
+_DELETE_DELTAS = f"DELETE FROM events WHERE {_IN_SPAN} AND type IN ({_DELTAS})"
+
+
+def _ended_runs_with_deltas(conn: sqlite3.Connection, cutoff: float) -> list[dict[str, object]]:
+    """Each ended run's span in each stream it wrote, from its first event to its last (its deltas
+    lie between), found by the index of runs' marks (events/store.py): deltas are not indexed."""
+    ends = ", ".join(f"'{t}'" for t in sorted(RUN_END_TYPES))
     rows = conn.execute(
-        f"SELECT run_id FROM events WHERE run_id IS NOT NULL AND type IN ({marks}) "
-        "GROUP BY run_id HAVING max(created_at) < ? "
-        "AND EXISTS (SELECT 1 FROM events d WHERE d.run_id = events.run_id AND d.type IN (?, ?))",
-        (*ends, cutoff, *DELTA_TYPES),
+        "SELECT run_id, stream_id, MIN(version), MAX(version) FROM events "
+        f"WHERE run_id IS NOT NULL AND type NOT IN ({_DELTAS}) GROUP BY run_id, stream_id "
+        f"HAVING MAX(CASE WHEN type IN ({ends}) THEN created_at END) < ?",
+        (cutoff,),
     ).fetchall()
-    return [str(row[0]) for row in rows]
+    spans = [
+        {"run": str(run), "stream": str(stream), "first": int(first), "last": int(last)}
+        for run, stream, first, last in rows
+    ]
+    return [
+        span
+        for span in spans
+        if conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM events WHERE {_IN_SPAN} AND type IN ({_DELTAS}))", span
+        ).fetchone()[0]
+    ]

@@ -22,6 +22,9 @@ RUN_END_TYPES = frozenset(
 )
 """The events that end a run for good (a run in `requires_action` is paused, not ended)."""
 
+DELTA_TYPES = ("thread.message.delta", "thread.run.step.delta")
+"""A streamed run's many small events; every one lies between its run's first event and its end."""
+
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("threadlog_request_id", default=None)
 """The id of the API request being handled (its `x-request-id`), set by the server for the
 request's whole life; a run's task inherits it. Every append records it with its events, so a

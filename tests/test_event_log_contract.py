@@ -70,6 +70,49 @@ async def test_appends_read_back_in_order(log: Any) -> None:
     assert [e.sequence for e in await log.read(after=2, limit=1)] == [3]
 
 
+async def test_a_runs_events_are_read_whole_in_order_from_any_cursor(log: Any) -> None:
+    """A streamed run's events (its marks and its deltas, which the SQLite log does not index by
+    run) read back exactly, beside another run of its thread and other streams' events: from the
+    start, from a cursor inside the run, from a sequence of another stream, a page at a time, and
+    after the run ended, including a mark that follows its end."""
+
+    def run_event(run_id: str, kind: str, n: int) -> NewEvent:
+        return NewEvent(kind, {"n": n, "run": run_id}, run_id=run_id)
+
+    mine: list[int] = []
+    await log.append("thread_1", [run_event("run_0", "thread.run.created", 0), *(
+        run_event("run_0", "thread.message.delta", i) for i in range(3))])  # fmt: skip
+    for i in range(40):
+        batch = [run_event("run_1", "thread.run.created" if i == 0 else "thread.message.delta", i)]
+        if i % 3 == 0:
+            batch.append(run_event("run_1", "thread.run.step.delta", i))
+        mine += [e.sequence for e in await log.append("thread_1", batch)]
+        await log.append("thread_2", [run_event("run_2", "thread.message.delta", i), tick(i)])
+    await log.append(
+        "thread_1", [run_event("run_0", "thread.run.updated", 9)]
+    )  # a mark of the earlier run, in the middle
+    mine += [e.sequence for e in await log.append("thread_1", [run_event("run_1", "thread.run.completed", 40)])]
+    await log.append(
+        "thread_1", [run_event("run_3", "thread.run.created", 0), run_event("run_3", "thread.message.delta", 1)]
+    )
+    mine += [e.sequence for e in await log.append("thread_1", [run_event("run_1", "thread.run.updated", 41)])]
+
+    assert [e.sequence for e in await log.read(run_id="run_1")] == mine
+    assert {e.run_id for e in await log.read(run_id="run_1")} == {"run_1"}
+    cursor = mine[17]
+    assert [e.sequence for e in await log.read(run_id="run_1", after=cursor)] == mine[18:]
+    foreign = (await log.read(stream_id="thread_2"))[30].sequence
+    assert [e.sequence for e in await log.read(run_id="run_1", after=foreign)] == [s for s in mine if s > foreign]
+    paged: list[int] = []
+    while page := await log.read(run_id="run_1", after=paged[-1] if paged else 0, limit=7):
+        assert len(page) <= 7
+        paged += [e.sequence for e in page]
+    assert paged == mine
+    assert [e.data["n"] for e in await log.read(run_id="run_0")] == [0, 0, 1, 2, 9]
+    assert await log.read(run_id="run_1", after=mine[-1]) == []
+    assert await log.read(run_id="run_9") == []
+
+
 async def test_expected_version_is_checked_and_refusals_leave_no_hole(log: Any) -> None:
     await log.append("s", [tick(0)], expected_version=0)
     with pytest.raises(ConcurrencyError) as refused:
