@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextvars
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 import orjson
+
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 """Version of the payload schemas; bumped (with an upcaster) if an event's shape changes."""
@@ -41,7 +43,15 @@ it in this project; reads of the views see only its objects. None: the server's 
 (recovery, expiry), which sees every project and appends in each stream's own project."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass_transform(frozen_default=True)
+def _record(cls: type[_T]) -> type[_T]:
+    """A record: immutable, as the type checker enforces it for a frozen dataclass. At run time a
+    plain slotted dataclass: a frozen one's __init__ sets each field through object.__setattr__
+    (2.0 us for a StoredEvent against 0.3 us), and one is made per streamed token."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
+
+
+@_record
 class NewEvent:
     """An event not yet in the log."""
 
@@ -50,7 +60,7 @@ class NewEvent:
     run_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@_record
 class StoredEvent:
     """An event as committed: position in the log, position in its stream, payload."""
 

@@ -59,30 +59,49 @@ def fold_deltas(base: dict[str, Any], deltas: Iterable[dict[str, Any]]) -> dict[
     return live.materialize()
 
 
-def _merge_into(target: dict[str, Any], delta: dict[str, Any]) -> None:
+_IMMUTABLE = (str, int, float, bool, type(None))
+
+
+def _merge_into(target: dict[str, Any], delta: dict[str, Any], skip: str | None = None) -> None:
+    """`delta` merged into `target`, leaving out its key `skip` (a list item's `index`).
+
+    Runs once per streamed token: types are compared exactly (no subclass of str or dict comes
+    out of JSON), and values that cannot change are stored as they are, not copied."""
     for key, value in delta.items():
-        old = target.get(key)
-        if isinstance(value, str) and key not in _REPLACED_STRINGS and isinstance(old, str | _Pieces):
-            if isinstance(old, str):
-                old = target[key] = _Pieces([old])
-            old.append(value)
-        elif isinstance(value, dict):
-            if not isinstance(old, dict):
+        if key == skip:
+            continue
+        kind = type(value)
+        if kind is str:
+            old = target.get(key)
+            if key in _REPLACED_STRINGS or old is None:
+                target[key] = value
+            elif type(old) is _Pieces:
+                old.append(value)
+            elif type(old) is str:
+                target[key] = _Pieces([old, value])
+            else:
+                target[key] = value
+        elif kind is dict:
+            old = target.get(key)
+            if type(old) is not dict:
                 old = target[key] = {}
             _merge_into(old, value)
-        elif isinstance(value, list):
-            if not isinstance(old, list):
+        elif kind is list:
+            old = target.get(key)
+            if type(old) is not list:
                 old = target[key] = []
             for item in value:
-                if isinstance(item, dict) and isinstance(item.get("index"), int):
-                    position = item["index"]
+                position = item.get("index") if type(item) is dict else None
+                if type(position) is int:
                     while len(old) <= position:
                         old.append({})
-                    if not isinstance(old[position], dict):
+                    if type(old[position]) is not dict:
                         old[position] = {}
-                    _merge_into(old[position], {k: v for k, v in item.items() if k != "index"})
+                    _merge_into(old[position], item, "index")
                 else:
                     old.append(copy.deepcopy(item))
+        elif kind in _IMMUTABLE:
+            target[key] = value
         else:
             target[key] = copy.deepcopy(value)
 
