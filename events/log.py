@@ -104,6 +104,9 @@ class Projector(Protocol):
     async def stage(self, events: Sequence[StoredEvent], load: LoadViews) -> None:
         """Fold one append's events into the pending change set; raise to reject the append."""
 
+    def stage_known(self, events: Sequence[StoredEvent]) -> bool:
+        """`stage` without loading: False (nothing staged) when a view must be loaded first."""
+
     def changes(self, position: int) -> ViewChanges:
         """The pending change set, to write with the append."""
 

@@ -315,7 +315,8 @@ class PostgresEventLog:
                         )  # fmt: skip
                     if projector is not None and any(projector.handles(e.type) for e in stored):
                         try:
-                            await projector.stage(stored, _loader(conn))
+                            if not projector.stage_known(stored):
+                                await projector.stage(stored, _loader(conn))
                         except Exception as exc:
                             req.future.set_exception(exc)
                             continue

@@ -443,7 +443,8 @@ class EventStore:
                 )  # fmt: skip
             if projector is not None and handles is not None and any(handles(e.type) for e in stored):
                 try:
-                    await projector.stage(stored, self._loader(conn))
+                    if not projector.stage_known(stored):
+                        await projector.stage(stored, self._loader(conn))
                 except Exception as exc:
                     req.future.set_exception(exc)
                     continue

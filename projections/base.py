@@ -192,6 +192,24 @@ class ViewProjector:
             )
 
     async def stage(self, events: Sequence[StoredEvent], load: LoadViews) -> None:
+        loaded, missing = self._known(events)
+        if missing:
+            loaded.update(await self._load(load, missing))
+        self._fold(events, loaded)
+
+    def stage_known(self, events: Sequence[StoredEvent]) -> bool:
+        """`stage` when every view the events need is known here (a streaming run's deltas: the
+        cache holds their objects), with no coroutine to make and await per append; False, and
+        nothing staged, when one must be loaded."""
+        loaded, missing = self._known(events)
+        if missing:
+            return False
+        self._fold(events, loaded)
+        return True
+
+    def _known(self, events: Sequence[StoredEvent]) -> tuple[dict[ViewKey, View | None], list[ViewKey]]:
+        """The views the events fold that the pending changes and the cache hold, and the keys of
+        those they do not (to load)."""
         loaded: dict[ViewKey, View | None] = {}
         missing: list[ViewKey] = []
         for event in events:
@@ -211,9 +229,9 @@ class ViewProjector:
                 else:
                     loaded[key] = None
                     missing.append(key)
-        if missing:
-            loaded.update(await self._load(load, missing))
+        return loaded, missing
 
+    def _fold(self, events: Sequence[StoredEvent], loaded: dict[ViewKey, View | None]) -> None:
         def lookup(key: ViewKey) -> View | None:
             return self._pending[key] if key in self._pending else loaded.get(key)
 

@@ -346,6 +346,14 @@ class _SSEBody:
                 break
             if len(self.sample) < self.SAMPLE_BYTES:
                 self.sample += chunk[: self.SAMPLE_BYTES - len(self.sample)]
+            if not buffer and not cr and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+                # The usual read: whole events and nothing more (one token's chunk), no copying.
+                for block in chunk[:-2].split(b"\n\n"):
+                    data = _block_data(block)
+                    if data is not None:
+                        yield data
+                scan = 0
+                continue
             if cr:
                 chunk = b"\r" + chunk
                 cr = False
