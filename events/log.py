@@ -149,8 +149,11 @@ class EventLog(Protocol):
         *,
         expected_version: int | None = None,
         fence: Fence | None = None,
+        after: asyncio.Future[list[StoredEvent]] | None = None,
     ) -> asyncio.Future[list[StoredEvent]]:
-        """`append` without waiting: appends are committed in the order they are enqueued."""
+        """`append` without waiting: appends are committed in the order they are enqueued. With
+        `after` (an earlier append's future), it commits only if that one does; else its future
+        fails with AppendVoided."""
 
     async def stream_version(self, stream_id: str) -> int: ...
 

@@ -34,7 +34,7 @@ from events.postgres_leases import PostgresRunLeases
 from events.records import DEFAULT_PROJECT, PROJECT, REQUEST_ID, SCHEMA_VERSION, NewEvent, StoredEvent, encode
 from events.store import ConcurrencyError, ForeignStream
 from events.subscriptions import Subscriptions
-from events.writer import PendingAppend, run_writer
+from events.writer import PendingAppend, run_writer, void_reason
 
 __all__ = ["CHANNEL", "PostgresEventLog"]
 
@@ -224,12 +224,13 @@ class PostgresEventLog:
         *,
         expected_version: int | None = None,
         fence: Fence | None = None,
+        after: asyncio.Future[list[StoredEvent]] | None = None,
     ) -> asyncio.Future[list[StoredEvent]]:
         if self._writer is None:
             raise RuntimeError("event log is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(
-            PendingAppend(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get(), fence)
+            PendingAppend(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get(), fence, after)
         )
         return future
 
@@ -290,6 +291,9 @@ class PostgresEventLog:
                         known[row["stream_id"]] = (int(row["version"]), row["project_id"])
                 rows: list[tuple[Any, ...]] = []
                 for req in pending:
+                    if (void := void_reason(req)) is not None:
+                        req.future.set_exception(void)
+                        continue
                     if req.fence is not None and holders.get(req.fence.key, req.fence.owner) != req.fence.owner:
                         # no lease row is no one else's: released, or not yet claimed (a run
                         # starts before its claim commits); a take-over writes a row first

@@ -41,7 +41,7 @@ from events.sqlite_views import (
     read_position,
 )
 from events.subscriptions import Subscriptions
-from events.writer import PendingAppend, run_writer
+from events.writer import PendingAppend, run_writer, void_reason
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -340,6 +340,7 @@ class EventStore:
         *,
         expected_version: int | None = None,
         fence: Fence | None = None,
+        after: asyncio.Future[list[StoredEvent]] | None = None,
     ) -> asyncio.Future[list[StoredEvent]]:
         """`append` without waiting: the future resolves when the events are committed.
 
@@ -351,7 +352,7 @@ class EventStore:
             raise RuntimeError("event store is not open")
         future: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(
-            PendingAppend(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get())
+            PendingAppend(stream_id, events, expected_version, future, REQUEST_ID.get(), PROJECT.get(), after=after)
         )
         return future
 
@@ -416,6 +417,9 @@ class EventStore:
         new_projects: dict[str, str] = {}  # streams this batch creates
         for req in batch:
             if req.future.done():
+                continue
+            if (void := void_reason(req)) is not None:
+                req.future.set_exception(void)
                 continue
             stream_id = req.stream_id
             current = pending.get(stream_id)

@@ -17,6 +17,7 @@ from events.leases import Fence, LeaseLost
 from events.postgres import PostgresEventLog
 from events.records import PROJECT, NewEvent, StoredEvent
 from events.store import ConcurrencyError, EventStore, ForeignStream
+from events.writer import AppendVoided
 from tests.pg_cluster import PostgresCluster, cluster, needs_postgres  # noqa: F401 - the fixture
 
 pytestmark = needs_postgres
@@ -111,6 +112,43 @@ async def test_a_runs_events_are_read_whole_in_order_from_any_cursor(log: Any) -
     assert [e.data["n"] for e in await log.read(run_id="run_0")] == [0, 0, 1, 2, 9]
     assert await log.read(run_id="run_1", after=mine[-1]) == []
     assert await log.read(run_id="run_9") == []
+
+
+async def test_an_append_made_after_another_commits_only_if_that_one_does(log: Any) -> None:
+    """`enqueue(after=...)`: queued at once behind an append not yet committed, it commits with or
+    after it; if that one fails it fails too (AppendVoided), writing nothing and leaving no hole.
+    One made after a future that is not an append of this log waits until that settles."""
+    await log.append("s", [tick(0)])
+    first = log.enqueue("s", [tick(1)], expected_version=1)
+    second = log.enqueue("s", [tick(2)], after=first)
+    third = log.enqueue("s", [tick(3)], after=second)
+    assert [e.version for e in await third] == [4]
+    assert [e.version for e in await first + await second] == [2, 3]
+
+    refused = log.enqueue("s", [tick(4)], expected_version=1)  # the stream is at 4: refused
+    voided = log.enqueue("s", [tick(5)], after=refused)
+    chained = log.enqueue("s", [tick(6)], after=voided)
+    beside = log.enqueue("t", [tick(7)])
+    with pytest.raises(ConcurrencyError):
+        await refused
+    for future in (voided, chained):
+        with pytest.raises(AppendVoided):
+            await future
+    assert [e.sequence for e in await beside] == [5]  # no hole where the voided ones would be
+
+    outside: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    waits = log.enqueue("s", [tick(8)], after=outside)
+    assert [e.sequence for e in await log.append("t", [tick(9)])] == [6]
+    assert not waits.done()
+    outside.set_result([])
+    assert [(e.sequence, e.data["n"]) for e in await waits] == [(7, 8)]
+    failing: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    dropped = log.enqueue("s", [tick(10)], after=failing)
+    failing.set_exception(RuntimeError("the run's opening lost a race"))
+    with pytest.raises(AppendVoided):
+        await dropped
+    assert [e.data["n"] for e in await log.read(stream_id="s")] == [0, 1, 2, 3, 8]
+    assert log.head == 7
 
 
 async def test_expected_version_is_checked_and_refusals_leave_no_hole(log: Any) -> None:

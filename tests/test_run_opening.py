@@ -182,10 +182,13 @@ async def test_events_of_a_run_wait_for_its_opening_and_follow_it(
     run = _run(thread_id)
     opening: asyncio.Future[list[StoredEvent]] = asyncio.get_running_loop().create_future()
     manager.start(dict(run), opening=opening)
-    head = store.head
-    # The model answers; the engine's events wait behind the opening, uncommitted.
-    await until(lambda: any(e.type == "thread.run.completed" for e in manager._logs[run["id"]].buffer))
-    assert store.head == head
+    # The model answers; the engine's events, to its last, wait behind the opening, uncommitted.
+    await until(lambda: run["id"] in manager._finishing)
+    await asyncio.sleep(0)  # the run's log hands its events over at the end of the loop's turn
+    # Appends commit in the order they are enqueued: once a later one has, none of the run's
+    # would still be on its way had it not waited for the opening.
+    later = await store.append(new_id("probe_"), [NewEvent("test.tick", {})])
+    assert store.head == later[-1].sequence
     assert await _run_events(store, run["id"]) == []
     stored = await store.append(thread_id, _opening(run, []))
     opening.set_result(stored)

@@ -95,11 +95,18 @@ class _RunLog:
         opening = self.opening
         return opening is not None and opening.done() and (opening.cancelled() or opening.exception() is not None)
 
+    @property
+    def _opening_pending(self) -> bool:
+        """The run's creating append is not committed yet: the run's own appends queue behind it
+        at once, each on condition that the one before commits (`after`), so the first token's
+        events can share a transaction with the events before them."""
+        return self.opening is not None and not self.opening.done()
+
     async def add(self, event: NewEvent) -> None:
         if self.error is not None:
             raise self.error
         self.buffer.append(event)
-        if self.inflight is None and not self.scheduled:
+        if not self.scheduled and (self.inflight is None or self._opening_pending):
             self.scheduled = True
             asyncio.get_running_loop().call_soon(self._send)
         elif len(self.buffer) >= self.MAX_PENDING:
@@ -116,7 +123,7 @@ class _RunLog:
         events, self.buffer = self.buffer, []
         if events and self.error is None:
             try:
-                self.inflight = self.store.enqueue(self.stream_id, events, fence=self.fence)
+                self.inflight = self.store.enqueue(self.stream_id, events, fence=self.fence, after=self.inflight)
             except Exception as exc:
                 self.error = exc
             else:
@@ -125,10 +132,16 @@ class _RunLog:
         self._settle()
 
     def _committed(self, future: asyncio.Future[list[StoredEvent]]) -> None:
-        self.inflight = None
         error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if future is not self.inflight:
+            # A later append was queued after this one: it settles the log. This one's error is
+            # the one to report (the later ones only say they were voided by it).
+            if error is not None and self.error is None:
+                self.error = error
+            return
+        self.inflight = None
         if error is not None:
-            self.error = error
+            self.error = self.error or error
             self.buffer = []
         elif self.buffer and not self.scheduled:
             self._send()
