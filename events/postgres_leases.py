@@ -169,33 +169,28 @@ class PostgresRunLeases:
         self._dead = [row["owner"] for row in owners if not _alive(row["owner"].split("/")[1])]
 
     async def request_cancel(self, key: str) -> bool:
-        async with self._pool.acquire() as conn, conn.transaction():
-            owner = await conn.fetchval(
-                "UPDATE leases SET cancel_requested = TRUE "
-                "WHERE key = $1 AND expires_at >= now() AND NOT owner = ANY($2::text[]) RETURNING owner",
-                key,
-                self._dead,
-            )
-            if owner is None:
-                return False
-            await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, f"cancel {owner} {key}")
-        return True
+        return await self._ask_holder(key, "cancel", "cancel_requested = TRUE")
 
     def on_cancel_requested(self, callback: Callable[[str], None]) -> None:
         self._callbacks.append(callback)
 
     async def request_metadata(self, key: str, metadata: dict[str, str]) -> bool:
+        return await self._ask_holder(key, "metadata", "metadata_request = $3", json.dumps(metadata))
+
+    async def _ask_holder(self, key: str, verb: str, change: str, *values: object) -> bool:
+        """Mark the lease's row (`change`, its SET clause) when a live process holds it, and
+        notify that process in the same transaction; False when none does."""
         async with self._pool.acquire() as conn, conn.transaction():
             owner = await conn.fetchval(
-                "UPDATE leases SET metadata_request = $3 "
+                f"UPDATE leases SET {change} "
                 "WHERE key = $1 AND expires_at >= now() AND NOT owner = ANY($2::text[]) RETURNING owner",
                 key,
                 self._dead,
-                json.dumps(metadata),
+                *values,
             )
             if owner is None:
                 return False
-            await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, f"metadata {owner} {key}")
+            await conn.execute("SELECT pg_notify($1, $2)", CONTROL_CHANNEL, f"{verb} {owner} {key}")
         return True
 
     def on_metadata_requested(self, callback: Callable[[str, dict[str, str]], None]) -> None:

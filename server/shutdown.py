@@ -14,6 +14,7 @@ uvicorn close the connections and the log. A second signal stops at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -74,7 +75,9 @@ class GracefulServer(uvicorn.Server):
             self.should_exit = True
             return
         self._signalled = True
-        self._loop.call_soon_threadsafe(self._begin_drain)
+        # A signal handler runs in whatever context was current when the signal came (a
+        # request's, say): the drain and its log lines must not carry that request's id.
+        self._loop.call_soon_threadsafe(self._begin_drain, context=contextvars.Context())
 
     def _begin_drain(self) -> None:
         if self._draining is None:

@@ -7,15 +7,19 @@ the runs outlast every timer in the stack (uvicorn's 5 s graceful timeout, the 1
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import uvicorn
 from openai import OpenAI
 
+from events.records import REQUEST_ID
 from server.fake_upstream import RunningUpstream
+from server.shutdown import GracefulServer
 from tests.runs_fixtures import MODEL, StreamingRuns, message_value, read_sse, upstream_env, wait_for
 from tests.serverproc import ServerProcess
 
@@ -143,3 +147,26 @@ def test_past_the_grace_period_runs_end_as_a_restart_ends_them_and_streams_close
             assert resumed.get_final_run().status == "completed"
     finally:
         again.stop()
+
+
+async def test_a_signal_during_a_request_does_not_lend_it_the_drain() -> None:
+    """The signal handler runs in whatever context is current when the signal arrives, a
+    request's among them: the drain it starts (and every line it logs) carries no request id."""
+    seen: list[str | None] = []
+    drained = asyncio.Event()
+
+    async def on_drain() -> None:
+        seen.append(REQUEST_ID.get())
+        drained.set()
+
+    server = GracefulServer(uvicorn.Config(app=None), on_drain)
+    server._loop = asyncio.get_running_loop()
+    server.started = True
+    token = REQUEST_ID.set("req_during_the_signal")
+    try:
+        server.handle_exit(signal.SIGTERM, None)
+    finally:
+        REQUEST_ID.reset(token)
+    await asyncio.wait_for(drained.wait(), 10)
+    assert seen == [None]
+    assert server.should_exit
