@@ -662,3 +662,19 @@ async def test_ann_index_path(tmp_path: Path, embedder: LocalMiniLMEmbedder) -> 
     hits = await ann.search(["vs_main"], "lava flowing from an erupting volcano", mode="vector")
     assert hits[0].file_id == "file_volcano" and len(hits) == 4
     assert table_name_for("vs_main") not in ann._vectors  # LanceDB answered, not the in-memory scan
+
+
+@pytest.mark.asyncio
+async def test_open_table_handles_are_bounded(tmp_path: Path, embedder: LocalMiniLMEmbedder) -> None:
+    """Handles of stores not used lately are closed (a store deleted through another process is
+    never used here again); a store whose handle was closed opens again when it is searched."""
+    index = VectorIndex(str(tmp_path / "lancedb"), embedder, max_open_tables=2)
+    stores = {f"vs_{name}": (file_id, filename, text) for name, (file_id, (filename, text)) in
+              zip(("a", "b", "c"), list(DOCS.items())[:3], strict=True)}  # fmt: skip
+    for store, (file_id, filename, text) in stores.items():
+        assert await index.add_file(store, file_id, filename, chunk_text(text, 100, 0), {}) == 1
+        assert len(index._tables) <= 2
+    for store, (file_id, _, text) in reversed(stores.items()):
+        hits = await index.search([store], text.split(".")[0], mode="vector")
+        assert {hit.file_id for hit in hits} == {file_id}
+        assert len(index._tables) <= 2

@@ -174,9 +174,12 @@ class VectorIndex:
         query_cache_size: int = 512,
         vector_cache_bytes: int = 1 << 30,
         shared: bool = False,
+        max_open_tables: int = 256,
     ) -> None:
         """`shared`: other server processes write the same tables (a shared log): every read
-        checks for their commits (read consistency 0: the latest version, one listing per read)."""
+        checks for their commits (read consistency 0: the latest version, one listing per read).
+        `max_open_tables`: table handles kept open, the least recently used closed first (a
+        store deleted through another process is never used here again, and so goes too)."""
         self.uri = uri
         self._shared = shared
         self.embedder = embedder
@@ -185,7 +188,8 @@ class VectorIndex:
         self._ann = ann
         self._cleanup_older_than = cleanup_older_than
         self._db: Any = None
-        self._tables: dict[str, Any] = {}
+        self._tables: OrderedDict[str, Any] = OrderedDict()
+        self._max_open_tables = max_open_tables
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._query_cache: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
@@ -419,9 +423,11 @@ class VectorIndex:
 
     def _open(self, vector_store_id: str, *, create: bool) -> Any | None:
         name = table_name_for(vector_store_id)
-        cached = self._tables.get(name)
-        if cached is not None:
-            return cached
+        with self._guard:
+            cached = self._tables.get(name)
+            if cached is not None:
+                self._tables.move_to_end(name)
+                return cached
         db = self._connect()
         try:
             table = db.open_table(name)
@@ -431,7 +437,10 @@ class VectorIndex:
             table = db.create_table(name, schema=_base_schema(self.embedder.dim, self.embedder.name), exist_ok=True)
         self._check_embedder(name, table)
         with self._guard:
-            return self._tables.setdefault(name, table)
+            table = self._tables.setdefault(name, table)
+            while len(self._tables) > self._max_open_tables:
+                self._tables.popitem(last=False)
+            return table
 
     def _ensure_attribute_columns(self, table: Any, wanted: Mapping[str, tuple[pa.DataType, Any]]) -> None:
         existing = set(table.schema.names)
