@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from events.records import DELTA_TYPES, RUN_END_TYPES
+from events.store import NOT_A_DELTA, sql_strings
 
 __all__ = ["DELTA_TYPES", "CompactionReport", "compact", "compact_periodically"]
 
@@ -62,7 +63,9 @@ def compact(
     with contextlib.closing(sqlite3.connect(db_path, timeout=30, isolation_level=None)) as conn:
         conn.execute("PRAGMA busy_timeout=30000")
         ended = _ended_runs_with_deltas(conn, cutoff)
-        runs = removed = before = after = 0
+        total = len({span["run"] for span in ended})
+        done: set[object] = set()
+        removed = before = after = 0
         for start in range(0, len(ended), batch_runs):
             chunk = ended[start : start + batch_runs]
             conn.execute("BEGIN IMMEDIATE")
@@ -76,10 +79,10 @@ def compact(
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            runs += len({span["run"] for span in chunk})
+            done.update(span["run"] for span in chunk)
             if progress is not None:
-                progress(runs, len(ended))
-    return CompactionReport(runs, removed, before, after, time.perf_counter() - started)
+                progress(len(done), total)
+    return CompactionReport(len(done), removed, before, after, time.perf_counter() - started)
 
 
 async def compact_periodically(db_path: Path, older_than_s: float, interval_s: float) -> None:
@@ -102,7 +105,7 @@ async def compact_periodically(db_path: Path, older_than_s: float, interval_s: f
         await asyncio.sleep(interval_s)  # a schedule, not a wait for something
 
 
-_DELTAS = ", ".join(f"'{t}'" for t in DELTA_TYPES)
+_DELTAS = sql_strings(DELTA_TYPES)
 _IN_SPAN = "stream_id = :stream AND version BETWEEN :first AND :last AND run_id = :run"
 _SIZE_OF_RUN = (
     f"SELECT COALESCE(sum(length(data)), 0), "
@@ -114,11 +117,10 @@ _DELETE_DELTAS = f"DELETE FROM events WHERE {_IN_SPAN} AND type IN ({_DELTAS})"
 def _ended_runs_with_deltas(conn: sqlite3.Connection, cutoff: float) -> list[dict[str, object]]:
     """Each ended run's span in each stream it wrote, from its first event to its last (its deltas
     lie between), found by the index of runs' marks (events/store.py): deltas are not indexed."""
-    ends = ", ".join(f"'{t}'" for t in sorted(RUN_END_TYPES))
     rows = conn.execute(
         "SELECT run_id, stream_id, MIN(version), MAX(version) FROM events "
-        f"WHERE run_id IS NOT NULL AND type NOT IN ({_DELTAS}) GROUP BY run_id, stream_id "
-        f"HAVING MAX(CASE WHEN type IN ({ends}) THEN created_at END) < ?",
+        f"WHERE run_id IS NOT NULL AND {NOT_A_DELTA} GROUP BY run_id, stream_id "
+        f"HAVING MAX(CASE WHEN type IN ({sql_strings(sorted(RUN_END_TYPES))}) THEN created_at END) < ?",
         (cutoff,),
     ).fetchall()
     spans = [

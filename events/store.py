@@ -15,7 +15,7 @@ import contextlib
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -24,6 +24,7 @@ from events.leases import Fence, LocalRunLeases
 from events.log import LoadViews, Projector, ViewKey
 from events.records import (
     DEFAULT_PROJECT,
+    DELTA_TYPES,
     PROJECT,
     REQUEST_ID,
     RUN_END_TYPES,
@@ -45,11 +46,13 @@ from events.writer import PendingAppend, run_writer, void_reason
 
 __all__ = [
     "EVENT_COLUMNS",
+    "NOT_A_DELTA",
     "SYNCHRONOUS_MODES",
     "ConcurrencyError",
     "EventStore",
     "ForeignStream",
     "row_to_event",
+    "sql_strings",
 ]
 
 CHECKPOINT_INTERVAL_S = 0.25
@@ -58,7 +61,17 @@ CHECKPOINT_INTERVAL_S = 0.25
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
 """WAL + NORMAL survives a crash of the process (kill -9); FULL also survives power loss."""
 
-_SCHEMA = """
+
+def sql_strings(values: Iterable[str]) -> str:
+    """Constant strings as an SQL list's items: `'a', 'b'` (event types, which hold no quote)."""
+    return ", ".join(f"'{value}'" for value in values)
+
+
+NOT_A_DELTA = f"type NOT IN ({sql_strings(DELTA_TYPES)})"
+"""The condition of the index of runs' marks, spelled as the index spells it: SQLite uses a
+partial index only for a query whose WHERE contains that very term."""
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     sequence       INTEGER PRIMARY KEY,  -- global order of the log; also SQLite's rowid
     stream_id      TEXT    NOT NULL,     -- thread, assistant, file or vector store id
@@ -79,18 +92,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_stream_version ON events (stream_id, ve
 -- (runs' keys are far apart), ~40 % of a streamed token's database time.
 DROP INDEX IF EXISTS events_run;
 CREATE INDEX IF NOT EXISTS events_run_marks ON events (run_id, sequence)
-    WHERE run_id IS NOT NULL AND type NOT IN ('thread.message.delta', 'thread.run.step.delta');
+    WHERE run_id IS NOT NULL AND {NOT_A_DELTA};
 """
-
-_NOT_A_DELTA = "type NOT IN ('thread.message.delta', 'thread.run.step.delta')"
-"""The marks index's condition, spelled as the index spells it (SQLite uses a partial index
-only for a query whose WHERE contains that term)."""
 
 _RUN_SPAN = f"""
     SELECT stream_id, MIN(version) AS first,
-           CASE WHEN SUM(type IN ({", ".join(f"'{t}'" for t in sorted(RUN_END_TYPES))})) > 0
+           CASE WHEN SUM(type IN ({sql_strings(sorted(RUN_END_TYPES))})) > 0
                 THEN MAX(version) ELSE {1 << 62} END AS last
-    FROM events WHERE run_id = :run AND {_NOT_A_DELTA} GROUP BY stream_id
+    FROM events WHERE run_id = :run AND {NOT_A_DELTA} GROUP BY stream_id
 """
 """Where a run's events lie in each stream it wrote: from its first mark to its last once it has
 ended (no delta follows a run's end; later marks, a metadata update, are in the index), else
